@@ -1,0 +1,5 @@
+"""vHeat models. Importing this package registers vheat_tiny/small/base with timm."""
+from .vheat import vHeat, checkpoint_filter_fn, MODEL_ARGS
+from .build import build_model
+
+__all__ = ['vHeat', 'build_model', 'checkpoint_filter_fn', 'MODEL_ARGS']

@@ -1,0 +1,463 @@
+"""vHeat: vision backbone built on the Heat Conduction Operator (HCO).
+
+Image features are heat sources. A block computes
+    u(t) = IDCT2D( DCT2D(phi(x)) * exp(-(w_n^2 + w_m^2))^k )
+with an orthonormal DCT-II, w_n = n*pi/H, and k = ReLU(Linear(frequency value embedding)) >= 0, one embedding
+per stage. ``infer_init()`` folds the fixed k of a trained model into a precomputed decay map (``k_exp``).
+
+The whole network runs channels-last (B, H, W, C): LayerNorms, Linear MLPs and the DCT matrix products need
+no layout copies, and convolutions see channels-last NCHW views.
+
+Parameter names are this module's own; official vHeat checkpoints (training and ``infer_init`` layouts)
+are converted on load by :func:`checkpoint_filter_fn`, which ``load_state_dict`` applies automatically.
+"""
+import logging
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .dct import DCT_IMPLS, frequency_distance, heat_conduction
+
+__all__ = ['vHeat', 'checkpoint_filter_fn']
+
+_logger = logging.getLogger(__name__)
+
+
+def resize_map(t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize an (H, W, C) map (frequency embedding or decay) to ``size``."""
+    if tuple(t.shape[:2]) == tuple(size):
+        return t
+    resized = F.interpolate(t.permute(2, 0, 1)[None].float(), size=size, mode='bicubic', align_corners=False)
+    return resized[0].permute(1, 2, 0).to(t.dtype)
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """View a channels-last (B, H, W, C) tensor as NCHW (channels_last memory, no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """View an NCHW tensor as channels-last (B, H, W, C); free when its memory is channels_last."""
+    return x.permute(0, 2, 3, 1)
+
+
+class Stem(nn.Module):
+    """Two stride-2 3x3 convolutions with LayerNorms and a GELU: stride 4, output channels-last."""
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, out_chans // 2, kernel_size=3, stride=2, padding=1)
+        self.norm1 = nn.LayerNorm(out_chans // 2, eps=1e-6)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(out_chans // 2, out_chans, kernel_size=3, stride=2, padding=1)
+        self.norm2 = nn.LayerNorm(out_chans, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
+        x = self.act(self.norm1(_nhwc(x)))
+        return self.norm2(_nhwc(self.conv2(_nchw(x))))
+
+
+class Downsample(nn.Module):
+    """3x3 stride-2 convolution (no bias) and LayerNorm between stages, channels-last in and out."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(_nhwc(self.conv(_nchw(x))))
+
+
+class HeatConduction(nn.Module):
+    """The Heat Conduction Operator on a channels-last (B, H, W, C) map.
+
+    phi(x) = Linear(DWConv3x3(x)) gives the heat source u0 and a gate z; the output is
+    Linear(LayerNorm(IDCT2D(DCT2D(u0) * decay)) * SiLU(z)). In training layout the decay is
+    exp(-(w_n^2 + w_m^2) * k) with k = ReLU(to_k(freq_embed)); in inference layout it is the stored ``k_exp``.
+    """
+
+    def __init__(self, dim: int, res: int, infer_mode: bool = False, dct_impl: str = 'auto'):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.out_norm = nn.LayerNorm(dim)
+        self.out_linear = nn.Linear(dim, dim)
+        self.dct_impl = dct_impl
+        if infer_mode:
+            self.k_exp = nn.Parameter(torch.exp(-frequency_distance(res, res, torch.device('cpu'), torch.float32))
+                                      .expand(res, res, dim).clone(), requires_grad=False)
+        else:
+            self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+
+    @property
+    def infer_mode(self) -> bool:
+        return not hasattr(self, 'to_k')
+
+    def decay(self, size: Tuple[int, int], freq_embed: Optional[torch.Tensor]) -> torch.Tensor:
+        """The (H, W, C) decay map exp(-(w_n^2 + w_m^2))^k at feature size ``size``."""
+        if self.infer_mode:
+            return resize_map(self.k_exp, size)
+        if freq_embed is None:
+            raise ValueError('HeatConduction in training layout needs the stage frequency embedding')
+        dist = frequency_distance(size[0], size[1], freq_embed.device, freq_embed.dtype)
+        return torch.exp(-dist * self.to_k(freq_embed))
+
+    @torch.no_grad()
+    def fold_decay(self, freq_embed: torch.Tensor) -> None:
+        """Switch to inference layout: store the decay of ``freq_embed`` as ``k_exp`` and drop ``to_k``."""
+        self.k_exp = nn.Parameter(self.decay(tuple(freq_embed.shape[:2]), freq_embed), requires_grad=False)
+        del self.to_k
+
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = _nhwc(self.dwconv(_nchw(x)))
+        # Two half-width products instead of one split: both halves come out contiguous for the DCT.
+        w_u, w_z = self.linear.weight.chunk(2)
+        b_u, b_z = self.linear.bias.chunk(2)
+        u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
+        u = heat_conduction(u, self.decay(tuple(u.shape[1:3]), freq_embed), self.dct_impl)
+        return self.out_linear(self.out_norm(u) * F.silu(z))
+
+
+class HeatBlock(nn.Module):
+    """HCO and MLP residual branches, pre-norm or post-norm, with optional layer scale and drop path."""
+
+    def __init__(self, dim: int, res: int, drop_path: float = 0., mlp_ratio: float = 4.0, post_norm: bool = True,
+                 layer_scale: Optional[float] = None, infer_mode: bool = False, dct_impl: str = 'auto'):
+        super().__init__()
+        self.post_norm = post_norm
+        self.norm1 = nn.LayerNorm(dim)
+        self.op = HeatConduction(dim, res, infer_mode=infer_mode, dct_impl=dct_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        if layer_scale is not None:
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def _branch(self, branch, norm, gamma, x, *args):
+        y = norm(branch(x, *args)) if self.post_norm else branch(norm(x), *args)
+        return self.drop_path(y if gamma is None else y * gamma)
+
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self._branch(self.op, self.norm1, self.gamma1, x, freq_embed)
+        return x + self._branch(self.mlp, self.norm2, self.gamma2, x)
+
+
+class HeatStage(nn.Module):
+    """Optional downsampling, then HeatBlocks that share this stage's frequency value embedding."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, res: int, drop_path: Sequence[float],
+                 infer_mode: bool = False, use_checkpoint: bool = False, **block_kwargs):
+        super().__init__()
+        self.downsample = Downsample(in_dim, dim) if in_dim != dim else nn.Identity()
+        self.use_checkpoint = use_checkpoint
+        if not infer_mode:
+            self.freq_embed = nn.Parameter(torch.zeros(res, res, dim))
+            trunc_normal_(self.freq_embed, std=.02)
+        self.blocks = nn.ModuleList(
+            HeatBlock(dim, res, drop_path=drop_path[i], infer_mode=infer_mode, **block_kwargs) for i in range(depth))
+
+    @torch.no_grad()
+    def fold_decay(self) -> None:
+        for block in self.blocks:
+            block.op.fold_decay(self.freq_embed)
+        del self.freq_embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        freq_embed = getattr(self, 'freq_embed', None)
+        if freq_embed is not None:
+            freq_embed = resize_map(freq_embed, tuple(x.shape[1:3]))
+        for block in self.blocks:
+            if self.use_checkpoint and x.requires_grad:
+                x = checkpoint(block, x, freq_embed, use_reentrant=False)
+            else:
+                x = block(x, freq_embed)
+        return x
+
+
+class ClassifierHead(nn.Module):
+    """LayerNorm, global average pooling, dropout and the linear classifier."""
+
+    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0.):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.norm(x).mean(dim=(1, 2)))
+        return x if pre_logits else self.fc(x)
+
+
+class vHeat(nn.Module):
+    """vHeat classifier / backbone. Arguments follow the official constructor.
+
+    Args:
+        patch_size: stride of the stem (two stride-2 convolutions, so only 4 is possible).
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for no classifier).
+        depths: HeatBlocks per stage.
+        dims: channels of the first stage (doubled per stage), or the four stage widths.
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        post_norm: normalise branch outputs (post-norm) instead of branch inputs (pre-norm).
+        layer_scale: initial value of per-channel branch scales, or None for none.
+        use_checkpoint: gradient checkpointing per block (saves memory in training).
+        mlp_ratio: hidden width of the MLP relative to the block width.
+        img_size: training resolution; sets the size of the frequency embeddings (img_size / 4 / 2^i).
+        infer_mode: build the inference layout (precomputed decay ``k_exp``, no frequency embeddings).
+        drop_rate: dropout before the classifier.
+        dct_impl: 'auto', 'matmul' or 'fft' (see :mod:`classification.models.dct`).
+    """
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, num_classes: int = 1000,
+                 depths: Sequence[int] = (2, 2, 9, 2), dims: Union[int, Sequence[int]] = 96,
+                 drop_path_rate: float = 0.2, post_norm: bool = True, layer_scale: Optional[float] = None,
+                 use_checkpoint: bool = False, mlp_ratio: float = 4.0, img_size: int = 224,
+                 infer_mode: bool = False, drop_rate: float = 0., dct_impl: str = 'auto'):
+        super().__init__()
+        if patch_size != 4:
+            raise ValueError(f'vHeat has a stride-4 convolutional stem: patch_size must be 4, got {patch_size}')
+        if dct_impl not in DCT_IMPLS:
+            raise ValueError(f'dct_impl must be one of {DCT_IMPLS}, got {dct_impl!r}')
+        depths = list(depths)
+        dims = [int(dims * 2 ** i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
+        if len(dims) != len(depths):
+            raise ValueError(f'dims {dims} and depths {depths} must have the same length')
+        self.num_classes = num_classes
+        self.depths, self.dims = depths, dims
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.img_size = img_size
+        self.infer_mode = infer_mode
+        res = [img_size // patch_size // 2 ** i for i in range(len(depths))]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+
+        self.stem = Stem(in_chans, dims[0])
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            self.stages.append(HeatStage(
+                dims[max(i - 1, 0)], dims[i], depth, res[i], dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                infer_mode=infer_mode, use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio, post_norm=post_norm,
+                layer_scale=layer_scale, dct_impl=dct_impl))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+        self.head = ClassifierHead(dims[-1], num_classes, drop_rate)
+        self.apply(self._init_weights)
+        self._register_load_state_dict_pre_hook(self._convert_on_load)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _convert_on_load(self, state_dict, prefix, *args) -> None:
+        """Load hook: official checkpoints (and training-layout weights into an inference-layout model)."""
+        own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+        state_dict.update({prefix + k: v for k, v in checkpoint_filter_fn(own, self).items()})
+
+    @torch.no_grad()
+    def infer_init(self) -> None:
+        """Re-parameterise for inference: fold each block's decay into ``k_exp``; outputs do not change."""
+        if self.infer_mode:
+            return
+        for stage in self.stages:
+            stage.fold_decay()
+        self.infer_mode = True
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {n for n, _ in self.named_parameters() if n.endswith('freq_embed')}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.use_checkpoint = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else [
+            (r'^stages\.(\d+)\.downsample', (0,)), (r'^stages\.(\d+)\.freq_embed', (0,)),
+            (r'^stages\.(\d+)\.blocks\.(\d+)', None)])
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False):
+        """Stage outputs (strides 4, 8, 16, 32) as NCHW tensors, timm's features API.
+
+        ``indices``: stage indices, or an int n for the last n stages. ``norm`` applies the head's
+        LayerNorm to the returned final features.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if not stop_early else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                feat = self.head.norm(x) if norm and i == len(self.stages) - 1 else x
+                intermediates.append(_nchw(feat) if output_fmt == 'NCHW' else feat)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last wanted one (and the head), for features-only use."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0)
+            if prune_norm:
+                self.head.norm = nn.Identity()
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-stage features, channels-last (B, H/32, W/32, C)."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f'vHeat expects a (B, C, H, W) image batch, got shape {tuple(x.shape)}')
+        return self.forward_head(self.forward_features(x))
+
+
+_OFFICIAL_RENAMES = [
+    (r'^patch_embed\.norm(\d)\.1\.', r'stem.norm\1.'),
+    (r'^patch_embed\.', 'stem.'),
+    (r'^freq_embed\.(\d+)$', r'stages.\1.freq_embed'),
+    (r'^classifier\.0\.', 'head.norm.'),
+    (r'^classifier\.3\.', 'head.fc.'),
+    (r'^layers\.(\d+)\.(\d+)\.([a-z])', r'stages.\1.blocks.\2.\3'),
+]
+_OFFICIAL_DOWNSAMPLE = re.compile(r'^layers\.(\d+)\.\d+\.([01])\.(.+)$')
+
+
+def _rename_official_key(key: str) -> str:
+    """Map one official vHeat key (``layers.i.j...``, ``patch_embed``, ``classifier``) to this module's name."""
+    match = _OFFICIAL_DOWNSAMPLE.match(key)
+    if match:  # the official stage i ends with the downsampling that starts our stage i + 1
+        stage, part, rest = match.groups()
+        return f'stages.{int(stage) + 1}.downsample.{"conv" if part == "0" else "norm"}.{rest}'
+    for pattern, repl in _OFFICIAL_RENAMES:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat) -> Dict[str, torch.Tensor]:
+    """Convert a vHeat state dict (official or ours, training or inference layout) for ``model``.
+
+    - official names are mapped to ours, and 1x1-conv MLP weights become Linear weights;
+    - frequency embeddings of another resolution are resized bicubically to the model's;
+    - a training-layout checkpoint loaded into an inference-layout model gets its decay folded into ``k_exp``.
+    """
+    if 'model' in state_dict and isinstance(state_dict['model'], dict):
+        state_dict = state_dict['model']
+    own = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        key = _rename_official_key(key)
+        if re.search(r'\.mlp\.fc\d\.weight$', key) and value.ndim == 4:
+            value = value.flatten(1)
+        if key.endswith('.op.k_exp'):
+            if not model.infer_mode:
+                raise ValueError(f'{key}: the checkpoint is in inference layout (precomputed decay); build the '
+                                 'model with infer_mode=True to load it')
+            if key in own and value.shape != own[key].shape:
+                value = resize_map(value, tuple(own[key].shape[:2]))
+        out[key] = value
+    for i, stage in enumerate(model.stages):
+        key = f'stages.{i}.freq_embed'
+        if key in out and hasattr(stage, 'freq_embed') and out[key].shape != stage.freq_embed.shape:
+            _logger.info('Resizing %s from %s to %s', key, tuple(out[key].shape), tuple(stage.freq_embed.shape))
+            out[key] = resize_map(out[key], tuple(stage.freq_embed.shape[:2]))
+        if key in out and model.infer_mode:
+            _fold_decay_into_state_dict(out, i, stage)
+    return out
+
+
+def _fold_decay_into_state_dict(sd: Dict[str, torch.Tensor], index: int, stage: HeatStage) -> None:
+    """Replace stage ``index``'s frequency embedding and k-projections in ``sd`` by each block's ``k_exp``."""
+    res = tuple(stage.blocks[0].op.k_exp.shape[:2])
+    freq_embed = resize_map(sd.pop(f'stages.{index}.freq_embed'), res)
+    dist = frequency_distance(res[0], res[1], freq_embed.device, freq_embed.dtype)
+    for j in range(len(stage.blocks)):
+        prefix = f'stages.{index}.blocks.{j}.op.'
+        weight, bias = sd.pop(prefix + 'to_k.0.weight', None), sd.pop(prefix + 'to_k.0.bias', None)
+        if weight is None or bias is None:
+            raise KeyError(f'{prefix}to_k.0.weight/bias missing: cannot fold the training-layout decay of block '
+                           f'{index}.{j} into k_exp')
+        sd[prefix + 'k_exp'] = torch.exp(-dist * F.relu(F.linear(freq_embed, weight, bias)))
+
+
+def _cfg(**kwargs) -> Dict:
+    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                first_conv='stem.conv1', classifier='head.fc', license='apache-2.0', **kwargs)
+
+
+MODEL_ARGS = {
+    'vheat_tiny': dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, drop_path_rate=0.1),
+    'vheat_small': dict(depths=(2, 2, 18, 2), dims=96, post_norm=True, layer_scale=1e-5, drop_path_rate=0.3),
+    'vheat_base': dict(depths=(2, 2, 18, 2), dims=128, post_norm=True, layer_scale=1e-5, drop_path_rate=0.5),
+}
+default_cfgs = generate_default_cfgs({f'{name}.in1k': _cfg() for name in MODEL_ARGS})
+
+
+def _create_vheat(variant: str, pretrained: bool = False, **kwargs) -> vHeat:
+    model_args = dict(MODEL_ARGS[variant], **kwargs)
+    return build_model_with_cfg(
+        vHeat, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **model_args)
+
+
+@register_model
+def vheat_tiny(pretrained: bool = False, **kwargs) -> vHeat:
+    """vHeat-T: 29.56M parameters, 4.59 GFLOPs at 224 (inference layout)."""
+    return _create_vheat('vheat_tiny', pretrained, **kwargs)
+
+
+@register_model
+def vheat_small(pretrained: bool = False, **kwargs) -> vHeat:
+    """vHeat-S: 50.05M parameters, 8.48 GFLOPs at 224 (inference layout)."""
+    return _create_vheat('vheat_small', pretrained, **kwargs)
+
+
+@register_model
+def vheat_base(pretrained: bool = False, **kwargs) -> vHeat:
+    """vHeat-B: 87.50M parameters, 14.92 GFLOPs at 224 (inference layout)."""
+    return _create_vheat('vheat_base', pretrained, **kwargs)
