@@ -1,5 +1,7 @@
 """vHeat models. Importing this package registers vheat_tiny/small/base with timm."""
 from .vheat import vHeat, checkpoint_filter_fn, MODEL_ARGS
 from .build import build_model
+from .serialization import load_checkpoint, UnsafeCheckpointError
 
-__all__ = ['vHeat', 'build_model', 'checkpoint_filter_fn', 'MODEL_ARGS']
+__all__ = ['vHeat', 'build_model', 'checkpoint_filter_fn', 'MODEL_ARGS', 'load_checkpoint',
+           'UnsafeCheckpointError']

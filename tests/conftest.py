@@ -1,0 +1,20 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope='session')
+def official_io():
+    return torch.load(os.path.join(FIXTURES, 'official_vheat_mini_io.pt'))
+
+
+@pytest.fixture(scope='session')
+def official_checkpoint():
+    from classification.models import load_checkpoint
+    return load_checkpoint(os.path.join(FIXTURES, 'official_vheat_mini.pth'))
