@@ -3,9 +3,10 @@
 Two interchangeable implementations of the transform along the spatial axes of a (B, H, W, C) tensor:
 - ``matmul``: multiplies by the N x N DCT matrix, O(N) work per output element; fastest for the
   small feature maps of a classifier (56x56 and below at 224).
-- ``fft``: Makhoul's algorithm, one real FFT of length N per line, O(log N) per element; wins on the
-  large maps of high-resolution inputs.
-``choose_dct_impl`` picks between them from the map size. Both agree with ``scipy.fft.dct(norm='ortho')``.
+- ``fft``: Makhoul's algorithm, one real FFT of length N per line, O(log N) per element, for large maps
+  on devices where it pays off.
+``choose_dct_impl`` picks between them from the map size and the device (see ``FFT_MIN_SIZE``).
+Both agree with ``scipy.fft.dct(norm="ortho")``.
 
 Constant tensors (DCT matrices, FFT twiddles, the frequency-distance map of the decay) are cached per
 (size, device, dtype) and always created outside inference mode, so a cache filled under
@@ -19,18 +20,21 @@ import torch
 
 DCT_IMPLS = ('auto', 'matmul', 'fft')
 
-# Side length from which the FFT path is faster than the matrix path. Measured with
-# ``tools/benchmark.py --dct-sweep`` on CPU (2 threads, float32) and the H100; both crossed between 96 and 128.
-FFT_MIN_SIZE = 112
+# Smallest feature-map side from which 'auto' takes the FFT path, per device type. On CPU (2 threads,
+# float32) the FFT path was 3.5x to 5x slower than the matrix path at every side from 7 to 256
+# (``tools/benchmark.py --dct-sweep``), so CPU always multiplies. The CUDA value is an estimate that has not
+# been measured in this repository: run the sweep on your GPU and adjust it.
+FFT_MIN_SIZE = {'cpu': None, 'cuda': 128}
 
 
-def choose_dct_impl(height: int, width: int, impl: str = 'auto') -> str:
-    """The DCT implementation for an (height, width) map: ``impl`` itself unless it is 'auto'."""
+def choose_dct_impl(height: int, width: int, impl: str = 'auto', device: torch.device = torch.device('cpu')) -> str:
+    """The DCT implementation for an (height, width) map on ``device``: ``impl`` itself unless it is 'auto'."""
     if impl not in DCT_IMPLS:
         raise ValueError(f'dct_impl must be one of {DCT_IMPLS}, got {impl!r}')
     if impl != 'auto':
         return impl
-    return 'fft' if min(height, width) >= FFT_MIN_SIZE else 'matmul'
+    threshold = FFT_MIN_SIZE.get(device.type)
+    return 'fft' if threshold is not None and min(height, width) >= threshold else 'matmul'
 
 
 @lru_cache(maxsize=128)
@@ -131,5 +135,8 @@ def dct2d(x: torch.Tensor, impl: str = 'matmul', inverse: bool = False) -> torch
 
 def heat_conduction(x: torch.Tensor, decay: torch.Tensor, impl: str = 'auto') -> torch.Tensor:
     """u(t) = IDCT2D(DCT2D(x) * decay) for channels-last x (B, H, W, C) and a (H, W, C) decay map."""
-    impl = choose_dct_impl(x.shape[1], x.shape[2], impl)
-    return dct2d(dct2d(x, impl) * decay, impl, inverse=True)
+    impl = choose_dct_impl(x.shape[1], x.shape[2], impl, x.device)
+    spectrum = dct2d(x, impl)
+    tracked = torch.is_grad_enabled() and (spectrum.requires_grad or decay.requires_grad)
+    spectrum = spectrum * decay if tracked else spectrum.mul_(decay)
+    return dct2d(spectrum, impl, inverse=True)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -37,6 +37,21 @@ def resize_map(t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         return t
     resized = F.interpolate(t.permute(2, 0, 1)[None].float(), size=size, mode='bicubic', align_corners=False)
     return resized[0].permute(1, 2, 0).to(t.dtype)
+
+
+def _grad_free(t: torch.Tensor) -> bool:
+    """True when autograd does not track ``t``: in-place updates are then safe and save an allocation."""
+    return not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def linear_residual(x: torch.Tensor, linear: nn.Linear, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """``residual + linear(x)`` with the residual accumulated by the matrix product itself (one pass less)."""
+    if residual is None:
+        return linear(x)
+    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
+    if linear.bias is not None:
+        out = out.add_(linear.bias)
+    return out.view(residual.shape)
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +108,7 @@ class HeatConduction(nn.Module):
         self.out_norm = nn.LayerNorm(dim)
         self.out_linear = nn.Linear(dim, dim)
         self.dct_impl = dct_impl
+        self._resized_decay, self._resized_decay_key = None, None
         if infer_mode:
             self.k_exp = nn.Parameter(torch.exp(-frequency_distance(res, res, torch.device('cpu'), torch.float32))
                                       .expand(res, res, dim).clone(), requires_grad=False)
@@ -106,7 +122,12 @@ class HeatConduction(nn.Module):
     def decay(self, size: Tuple[int, int], freq_embed: Optional[torch.Tensor]) -> torch.Tensor:
         """The (H, W, C) decay map exp(-(w_n^2 + w_m^2))^k at feature size ``size``."""
         if self.infer_mode:
-            return resize_map(self.k_exp, size)
+            if tuple(self.k_exp.shape[:2]) == tuple(size):
+                return self.k_exp
+            key = (tuple(size), self.k_exp.device, self.k_exp.dtype, self.k_exp._version)
+            if self._resized_decay_key != key:  # k_exp is fixed: resize once per input size
+                self._resized_decay, self._resized_decay_key = resize_map(self.k_exp, size), key
+            return self._resized_decay
         if freq_embed is None:
             raise ValueError('HeatConduction in training layout needs the stage frequency embedding')
         dist = frequency_distance(size[0], size[1], freq_embed.device, freq_embed.dtype)
@@ -118,14 +139,33 @@ class HeatConduction(nn.Module):
         self.k_exp = nn.Parameter(self.decay(tuple(freq_embed.shape[:2]), freq_embed), requires_grad=False)
         del self.to_k
 
-    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """HCO of channels-last ``x``; with ``residual``, returns ``residual + HCO(x)``."""
         x = _nhwc(self.dwconv(_nchw(x)))
         # Two half-width products instead of one split: both halves come out contiguous for the DCT.
         w_u, w_z = self.linear.weight.chunk(2)
         b_u, b_z = self.linear.bias.chunk(2)
         u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
         u = heat_conduction(u, self.decay(tuple(u.shape[1:3]), freq_embed), self.dct_impl)
-        return self.out_linear(self.out_norm(u) * F.silu(z))
+        u = self.out_norm(u)
+        gated = u.mul_(F.silu(z, inplace=True)) if _grad_free(u) else u * F.silu(z)
+        return linear_residual(gated, self.out_linear, residual)
+
+
+class Mlp(nn.Module):
+    """fc1, GELU, fc2 on channels-last input (GELU in place when autograd does not need its input)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """MLP of ``x``; with ``residual``, returns ``residual + MLP(x)``."""
+        h = self.fc1(x)
+        h = torch.ops.aten.gelu_(h) if _grad_free(h) else F.gelu(h)
+        return linear_residual(h, self.fc2, residual)
 
 
 class HeatBlock(nn.Module):
@@ -151,6 +191,11 @@ class HeatBlock(nn.Module):
         return self.drop_path(y if gamma is None else y * gamma)
 
     def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        drop_path_active = self.training and not isinstance(self.drop_path, nn.Identity)
+        if not (self.post_norm or self.gamma1 is not None or drop_path_active):
+            # plain pre-norm residuals: each branch's last linear accumulates straight into x
+            x = self.op(self.norm1(x), freq_embed, residual=x)
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self._branch(self.op, self.norm1, self.gamma1, x, freq_embed)
         return x + self._branch(self.mlp, self.norm2, self.gamma2, x)
 
