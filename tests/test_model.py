@@ -7,6 +7,7 @@ import timm
 import torch
 
 from classification.models import vHeat
+from classification.models.vheat import linear_residual
 from classification.models.flops import flop_count, param_count
 
 from conftest import FIXTURES
@@ -151,3 +152,25 @@ def test_bad_arguments_are_refused():
         vHeat(depths=[2, 2], dims=[96, 192, 384])
     with pytest.raises(ValueError, match='B, C, H, W'):
         vHeat(depths=[1, 1, 1, 1], dims=8)(torch.randn(3, 32, 32))
+
+
+@torch.no_grad()
+def test_inference_fast_path_matches_autograd_path(official_io, official_checkpoint):
+    """In-place and fused-residual code (no autograd) and the plain path (autograd) give the same logits."""
+    model = _official_model(official_io, official_checkpoint)
+    fast = model(official_io['input'])
+    with torch.enable_grad():
+        tracked = model(official_io['input'].requires_grad_())
+    assert tracked.requires_grad
+    assert (fast - tracked).abs().max() <= 1e-5
+
+
+def test_fused_residual_keeps_full_precision_under_autocast():
+    linear = torch.nn.Linear(8, 8)
+    x, residual = torch.randn(2, 4, 4, 8), torch.randn(2, 4, 4, 8)
+    assert torch.allclose(linear_residual(x, linear, residual), residual + linear(x), atol=1e-6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fused = linear_residual(x, linear, residual)
+        plain = residual + linear(x)
+    assert fused.dtype == plain.dtype == torch.float32
+    assert torch.equal(fused, plain)

@@ -45,9 +45,14 @@ def _grad_free(t: torch.Tensor) -> bool:
 
 
 def linear_residual(x: torch.Tensor, linear: nn.Linear, residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """``residual + linear(x)`` with the residual accumulated by the matrix product itself (one pass less)."""
+    """``residual + linear(x)`` with the residual accumulated by the matrix product itself (one pass less).
+
+    Under autocast the plain sum is kept, so that the residual stream stays in full precision.
+    """
     if residual is None:
         return linear(x)
+    if torch.is_autocast_enabled(residual.device.type):
+        return residual + linear(x)
     out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
     if linear.bias is not None:
         out = out.add_(linear.bias)
