@@ -333,7 +333,8 @@ class vHeat(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        return {n for n, _ in self.named_parameters() if n.endswith('freq_embed')}
+        """Nothing beyond timm's default (1-D parameters): the official recipe decays the frequency embeddings."""
+        return set()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
