@@ -145,7 +145,8 @@ SWEEP_MODELS = {  # label: (timm name, create kwargs)
 }
 QUICK_SIZES = {'Swin-T': (224, 512, 1024), 'ConvNeXt-T': (224, 512, 1024)}
 # fvcore does not count FFTs, so the FFT and auto paths would be undercounted: FLOPs of vHeat-T are the
-# matmul path's (the paper's count), which the other two paths share outside the DCT.
+# matmul path's (the paper's count), which the other two paths share outside the DCT. fvcore does not count
+# fused attention either: see ``counted_flops``.
 FLOP_LABELS = ('vHeat-T matmul', 'DeiT-S', 'Swin-T', 'ConvNeXt-T')
 
 
@@ -159,6 +160,22 @@ def sized_model(name: str, kwargs: Dict, img_size: int) -> torch.nn.Module:
     if name.startswith(('swin', 'deit')):
         kwargs = dict(kwargs, img_size=img_size)
     return timm.create_model(name, **kwargs)
+
+
+def counted_flops(model: torch.nn.Module, img_size: int) -> float:
+    """GFLOPs by ``flop_count``, with timm's fused attention switched to its explicit matmuls while counting.
+
+    fvcore has no handle for ``scaled_dot_product_attention`` and would drop the O(tokens^2) attention of
+    DeiT-S and Swin-T; ``q @ k.T`` and ``attn @ v`` are counted by the matmul handle.
+    """
+    fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
+    for m in fused:
+        m.fused_attn = False
+    try:
+        return flop_count(model, (1, 3, img_size, img_size)) / 1e9
+    finally:
+        for m in fused:
+            m.fused_attn = True
 
 
 def _malloc_returns_large_blocks() -> None:
@@ -233,7 +250,7 @@ def resolution_sweep(args, device) -> Dict:
             memory = {label: peak_memory(fn, device) for label, fn in tasks.items()}
             secs = interleaved(tasks, rounds, max(warmup - 1, 0), device)
         for label in labels:
-            gflops = flop_count(models[label], (1, 3, size, size)) / 1e9 if label in FLOP_LABELS else None
+            gflops = counted_flops(models[label], size) if label in FLOP_LABELS else None
             rows.append(dict(model=label, size=size, pixels=size * size, batch=batch,
                              images_per_s=batch / secs[label], peak_memory_mib=memory[label] / 2 ** 20,
                              gflops=gflops))
