@@ -341,8 +341,7 @@ def main(argv=None) -> Dict:
     parser.add_argument('--sweep-batch', type=int, default=1)
     parser.add_argument('--plot', default='docs/scaling.png', help='--sweep: where to write the plot')
     parser.add_argument('--quick', action='store_true',
-                        help='--sweep in about 2 minutes on 2 CPU cores: 2 timed rounds, Swin-T and ConvNeXt-T '
-                             'only at 224, 512 and 1024')
+                        help='shorter --sweep: 2 timed rounds, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
