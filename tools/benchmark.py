@@ -2,12 +2,14 @@
 
     python tools/benchmark.py                 # inference (b16@224, b4@512) and training step (b8@224)
     python tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (sets FFT_MIN_SIZE)
+    python tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, peak memory, GFLOPs, growth exponents
 
 Every model gets the same random input. Rounds are interleaved (one timed call of each model per round)
 so that drift of the machine (thermal, other load) hits all models alike; the median round is reported.
 On CUDA the timings use CUDA events after a synchronisation; on CPU, ``time.perf_counter``.
 """
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -15,6 +17,7 @@ import sys
 import time
 from typing import Callable, Dict, List
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +27,7 @@ import timm  # noqa: E402
 
 import classification.models  # noqa: E402,F401  (registers vheat_* with timm)
 from classification.models.dct import dct2d  # noqa: E402
+from classification.models.flops import flop_count  # noqa: E402
 
 PEERS = {
     'vheat_tiny': 'vHeat-T',
@@ -130,6 +134,195 @@ def dct_sweep(args, device) -> None:
         print(f'  {n:>5} {secs["matmul"] * 1e3:9.2f} {secs["fft"] * 1e3:9.2f}  {faster}')
 
 
+SWEEP_SIZES = (224, 384, 512, 768, 1024)
+SWEEP_MODELS = {  # label: (timm name, create kwargs)
+    'vHeat-T matmul': ('vheat_tiny', dict(dct_impl='matmul')),
+    'vHeat-T fft': ('vheat_tiny', dict(dct_impl='fft')),
+    'vHeat-T auto': ('vheat_tiny', dict(dct_impl='auto')),
+    'DeiT-S': ('deit_small_patch16_224', {}),
+    'Swin-T': ('swin_tiny_patch4_window7_224', {}),
+    'ConvNeXt-T': ('convnext_tiny', {}),
+}
+QUICK_SIZES = {'Swin-T': (224, 512, 1024), 'ConvNeXt-T': (224, 512, 1024)}
+# fvcore does not count FFTs, so the FFT and auto paths would be undercounted: FLOPs of vHeat-T are the
+# matmul path's (the paper's count), which the other two paths share outside the DCT. fvcore does not count
+# fused attention either: see ``counted_flops``.
+FLOP_LABELS = ('vHeat-T matmul', 'DeiT-S', 'Swin-T', 'ConvNeXt-T')
+
+
+def sized_model(name: str, kwargs: Dict, img_size: int) -> torch.nn.Module:
+    """A timm model for square ``img_size`` inputs.
+
+    DeiT-S: ``img_size`` resizes its position embeddings at creation (16 divides every swept size).
+    Swin-T: ``img_size`` sets the attention masks; the window stays 7 (as pretrained) and timm pads feature
+    maps that 7 does not divide (e.g. 1024 -> 256/128/64/32 tokens a side). Others take any size.
+    """
+    if name.startswith(('swin', 'deit')):
+        kwargs = dict(kwargs, img_size=img_size)
+    return timm.create_model(name, **kwargs)
+
+
+def counted_flops(model: torch.nn.Module, img_size: int) -> float:
+    """GFLOPs by ``flop_count``, with timm's fused attention switched to its explicit matmuls while counting.
+
+    fvcore has no handle for ``scaled_dot_product_attention`` and would drop the O(tokens^2) attention of
+    DeiT-S and Swin-T; ``q @ k.T`` and ``attn @ v`` are counted by the matmul handle.
+    """
+    fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
+    for m in fused:
+        m.fused_attn = False
+    try:
+        return flop_count(model, (1, 3, img_size, img_size)) / 1e9
+    finally:
+        for m in fused:
+            m.fused_attn = True
+
+
+def _malloc_returns_large_blocks() -> None:
+    """Make glibc serve blocks >= 64 KiB by mmap and unmap them on free (no dynamic threshold).
+
+    Without this, freed activations stay resident in malloc's heap and a later forward reuses them
+    without raising the resident set, so peak-RSS increases would undercount.
+    """
+    try:
+        ctypes.CDLL('libc.so.6').mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory added by one call of ``fn``, in bytes.
+
+    CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the process's peak resident
+    set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call, i.e. activations,
+    workspaces and anything else the call makes resident; the weights are already resident and not included.
+    """
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    base = _status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets VmHWM to the current resident set
+    fn()
+    return float(_status_kib('VmHWM') - base) * 1024
+
+
+def growth_exponent(pixels: List[int], values: List[float]) -> float:
+    """Slope of the least-squares line through (log pixels, log value): cost ~ pixels ** slope."""
+    if len(pixels) < 2:
+        return float('nan')
+    slope, _ = np.polyfit(np.log(pixels), np.log(values), 1)
+    return float(slope)
+
+
+def resolution_sweep(args, device) -> Dict:
+    """Images/s, peak memory and GFLOPs of every model at every size, interleaved per size; JSON + plot."""
+    _malloc_returns_large_blocks()
+    rounds, warmup = (2, 1) if args.quick else (args.rounds, args.warmup)
+    batch = args.sweep_batch
+    rows = []
+    for size in SWEEP_SIZES:
+        labels = [lb for lb in SWEEP_MODELS if not args.quick or size in QUICK_SIZES.get(lb, SWEEP_SIZES)]
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, size, size, device=device)
+        models, tasks = {}, {}
+        for label in labels:
+            name, kwargs = SWEEP_MODELS[label]
+            models[label] = model = sized_model(name, kwargs, size).to(device).eval()
+            if name.startswith('vheat'):
+                model.infer_init()
+            tasks[label] = (lambda m: lambda: m(x))(model)
+        with torch.inference_mode():
+            for fn in tasks.values():  # fill lazy caches (DCT matrices, decay maps) before measuring memory
+                fn()
+            memory = {label: peak_memory(fn, device) for label, fn in tasks.items()}
+            secs = interleaved(tasks, rounds, max(warmup - 1, 0), device)
+        for label in labels:
+            gflops = counted_flops(models[label], size) if label in FLOP_LABELS else None
+            rows.append(dict(model=label, size=size, pixels=size * size, batch=batch,
+                             images_per_s=batch / secs[label], peak_memory_mib=memory[label] / 2 ** 20,
+                             gflops=gflops))
+            print(f'  {size:>5} {label:<15} {batch / secs[label]:8.3f} img/s  {memory[label] / 2 ** 20:8.1f} MiB'
+                  + (f'  {gflops:7.2f} GFLOPs' if gflops is not None else ''), flush=True)
+        del models, tasks
+    exponents = {}
+    for label in SWEEP_MODELS:
+        mine = [r for r in rows if r['model'] == label]
+        pixels = [r['pixels'] for r in mine]
+        exponents[label] = dict(
+            time=growth_exponent(pixels, [1 / r['images_per_s'] for r in mine]),
+            flops=growth_exponent(pixels, [r['gflops'] for r in mine]) if label in FLOP_LABELS else None)
+    auto_vs_best = {}
+    for size in SWEEP_SIZES:
+        ips = {r['model']: r['images_per_s'] for r in rows if r['size'] == size}
+        best = max(ips['vHeat-T matmul'], ips['vHeat-T fft'])
+        auto_vs_best[size] = best / ips['vHeat-T auto'] - 1  # > 0: auto is this much slower than the best path
+    result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                  timm=timm.__version__, quick=args.quick, rounds=rounds, batch=batch,
+                  memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
+                  'peak RSS increase during one forward (VmHWM reset via /proc/self/clear_refs)',
+                  rows=rows, exponents=exponents, auto_slower_than_best=auto_vs_best)
+    print('\nGrowth exponents (cost ~ pixels ** e): ' + ', '.join(
+        f'{lb}: time {e["time"]:.2f}' + (f' FLOPs {e["flops"]:.2f}' if e['flops'] is not None else '')
+        for lb, e in exponents.items()))
+    print('auto DCT slower than the best path by: ' + ', '.join(f'{s}: {v:+.1%}' for s, v in auto_vs_best.items()))
+    json_path = args.json or 'docs/scaling.json'
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, 'w') as f:
+        json.dump(result, f, indent=2)
+    plot_sweep(result, args.plot)
+    print(f'wrote {json_path} and {args.plot}')
+    return result
+
+
+def plot_sweep(result: Dict, path: str) -> None:
+    """Three log-log panels against pixels: images/s, peak memory, GFLOPs; legends carry the exponents."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    panels = (('images_per_s', 'images / s', 'time'), ('peak_memory_mib', 'peak memory (MiB)', None),
+              ('gflops', 'GFLOPs (fvcore)', 'flops'))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, (key, title, exp_key) in zip(axes, panels):
+        for label in SWEEP_MODELS:
+            mine = [r for r in result['rows'] if r['model'] == label and r[key] is not None]
+            if not mine:
+                continue
+            legend = label
+            if exp_key:
+                legend += f'  (e={result["exponents"][label][exp_key]:.2f})'
+            style = '--' if label.startswith('vHeat') and not label.endswith('auto') else '-'
+            ax.plot([r['pixels'] for r in mine], [r[key] for r in mine], style, marker='o', ms=4, label=legend)
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xticks([s * s for s in SWEEP_SIZES])
+        ax.set_xticklabels([f'{s}²' for s in SWEEP_SIZES])
+        ax.minorticks_off()
+        ax.set_xlabel('pixels')
+        ax.set_title(title)
+        ax.grid(True, which='major', alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f'Inference, batch {result["batch"]}, {result["device"]} ({result["threads"]} threads); '
+                 'e: fitted exponent of time per image or FLOPs in pixels', fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -143,7 +336,12 @@ def main(argv=None) -> Dict:
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
     parser.add_argument('--skip-train', action='store_true')
     parser.add_argument('--dct-sweep', action='store_true', help='only compare the two DCT implementations')
-    parser.add_argument('--json', help='write the measured figures to this file')
+    parser.add_argument('--json', help='write the measured figures to this file (--sweep: docs/scaling.json)')
+    parser.add_argument('--sweep', action='store_true', help='only the resolution sweep (224..1024, batch --sweep-batch)')
+    parser.add_argument('--sweep-batch', type=int, default=1)
+    parser.add_argument('--plot', default='docs/scaling.png', help='--sweep: where to write the plot')
+    parser.add_argument('--quick', action='store_true',
+                        help='shorter --sweep: 2 timed rounds, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -152,6 +350,8 @@ def main(argv=None) -> Dict:
     if args.dct_sweep:
         dct_sweep(args, device)
         return {}
+    if args.sweep:
+        return resolution_sweep(args, device)
     results = {}
     speeds = inference_speed(args, device, args.img_size, args.batch_size)
     results['inference'] = dict(images_per_s=speeds, ratios=report(
