@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from termcolor import colored
 
-from classification.models import checkpoint_filter_fn, load_checkpoint
+from classification.models import UnsafeCheckpointError, checkpoint_filter_fn, load_checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -98,7 +98,12 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
 
 def read_checkpoint(path: str) -> dict:
     """``load_checkpoint`` (weights_only), with a plain state dict accepted as ``{'model': state_dict}``."""
-    checkpoint = load_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except UnsafeCheckpointError:
+        raise
+    except (RuntimeError, ValueError) as e:  # not a torch file, truncated, or not a dict
+        raise CheckpointError(str(e)) from None
     if 'model' not in checkpoint:
         checkpoint = {'model': checkpoint}
     return checkpoint
