@@ -1,0 +1,164 @@
+"""The trainer's configuration: yacs defaults (Swin-Transformer key names), then the YAML file, then flags."""
+import os
+
+import yaml
+from yacs.config import CfgNode as CN
+
+
+class ConfigError(ValueError):
+    """The configuration file or a command-line override is invalid."""
+
+
+_C = CN()
+_C.BASE = ['']
+
+_C.DATA = CN()
+_C.DATA.BATCH_SIZE = 128            # per process
+_C.DATA.DATA_PATH = ''              # ImageNet-style folder with train/ and val/, one sub-folder per class
+_C.DATA.DATASET = 'imagenet'
+_C.DATA.IMG_SIZE = 224
+_C.DATA.INTERPOLATION = 'bicubic'
+_C.DATA.PIN_MEMORY = True
+_C.DATA.NUM_WORKERS = 8
+
+_C.MODEL = CN()
+_C.MODEL.TYPE = 'vHeat'
+_C.MODEL.NAME = 'vHeat_tiny_224'
+_C.MODEL.PRETRAINED = ''            # weights only, for fine-tuning
+_C.MODEL.RESUME = ''                # full training state (or an official checkpoint)
+_C.MODEL.NUM_CLASSES = 1000
+_C.MODEL.DROP_RATE = 0.0
+_C.MODEL.DROP_PATH_RATE = 0.1
+_C.MODEL.LABEL_SMOOTHING = 0.1
+
+_C.MODEL.VHEAT = CN()
+_C.MODEL.VHEAT.PATCH_SIZE = 4
+_C.MODEL.VHEAT.IN_CHANS = 3
+_C.MODEL.VHEAT.EMBED_DIM = 96
+_C.MODEL.VHEAT.DEPTHS = [2, 2, 6, 2]
+_C.MODEL.VHEAT.MLP_RATIO = 4.0
+_C.MODEL.VHEAT.POST_NORM = False
+_C.MODEL.VHEAT.LAYER_SCALE = None   # initial value of the branch scales, None for none
+_C.MODEL.VHEAT.DCT_IMPL = 'auto'
+
+_C.TRAIN = CN()
+_C.TRAIN.START_EPOCH = 0
+_C.TRAIN.EPOCHS = 300
+_C.TRAIN.WARMUP_EPOCHS = 20
+_C.TRAIN.WEIGHT_DECAY = 0.08
+_C.TRAIN.BASE_LR = 5e-4             # at a total batch of 1024, scaled linearly (see scale_learning_rates)
+_C.TRAIN.WARMUP_LR = 5e-7
+_C.TRAIN.MIN_LR = 5e-6
+_C.TRAIN.CLIP_GRAD = 5.0            # max gradient norm, 0 for no clipping
+_C.TRAIN.AUTO_RESUME = True
+_C.TRAIN.ACCUMULATION_STEPS = 1
+_C.TRAIN.USE_CHECKPOINT = False     # gradient checkpointing
+_C.TRAIN.OPTIMIZER = CN()
+_C.TRAIN.OPTIMIZER.NAME = 'adamw'
+_C.TRAIN.OPTIMIZER.EPS = 1e-8
+_C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
+_C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
+
+_C.AUG = CN()
+_C.AUG.COLOR_JITTER = 0.4
+_C.AUG.AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'   # '' or 'none' for none
+_C.AUG.REPROB = 0.25
+_C.AUG.REMODE = 'pixel'
+_C.AUG.RECOUNT = 1
+_C.AUG.SCALE = (0.08, 1.0)          # RandomResizedCrop area range
+_C.AUG.HFLIP = 0.5
+_C.AUG.MIXUP = 0.8
+_C.AUG.CUTMIX = 1.0
+_C.AUG.CUTMIX_MINMAX = None
+_C.AUG.MIXUP_PROB = 1.0
+_C.AUG.MIXUP_SWITCH_PROB = 0.5
+_C.AUG.MIXUP_MODE = 'batch'
+
+_C.TEST = CN()
+_C.TEST.CROP = True                 # resize to IMG_SIZE / 0.875, then centre-crop
+_C.TEST.SEQUENTIAL = False
+
+_C.MODEL_EMA = True
+_C.MODEL_EMA_DECAY = 0.9999
+_C.AMP_ENABLE = True                # autocast on CUDA (CPU runs in float32)
+_C.AMP_DTYPE = 'float16'            # or 'bfloat16'
+_C.OUTPUT = ''
+_C.TAG = 'default'
+_C.SAVE_FREQ = 1                    # keep ckpt_epoch_N.pth every SAVE_FREQ epochs (ckpt_latest.pth every epoch)
+_C.PRINT_FREQ = 10
+_C.SEED = 0
+_C.EVAL_MODE = False
+_C.THROUGHPUT_MODE = False
+_C.LOCAL_RANK = 0
+
+
+def _merge_file(config: CN, cfg_file: str) -> None:
+    """Merge a YAML file and, first, the files its ``BASE`` list names (relative to it)."""
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f'config file not found: {cfg_file}')
+    with open(cfg_file) as f:
+        yaml_cfg = yaml.safe_load(f) or {}
+    for base in yaml_cfg.setdefault('BASE', ['']):
+        if base:
+            _merge_file(config, os.path.join(os.path.dirname(cfg_file), base))
+    config.merge_from_file(cfg_file)
+
+
+def _merge(config: CN, what: str, merge) -> None:
+    """Run a yacs merge and turn its KeyError/ValueError into a one-line ConfigError."""
+    try:
+        merge()
+    except KeyError as e:
+        message = str(e.args[0]) if e.args else str(e)
+        raise ConfigError(f'{what}: {message} (see classification/config.py for the valid keys)') from None
+    except (ValueError, AssertionError, yaml.YAMLError) as e:
+        raise ConfigError(f'{what}: {str(e).splitlines()[0]}') from None
+
+
+def get_config(args) -> CN:
+    """Defaults, then ``args.cfg``, then ``args.opts`` and the dedicated flags."""
+    config = _C.clone()
+    config.defrost()
+    if getattr(args, 'cfg', None):
+        _merge(config, args.cfg, lambda: _merge_file(config, args.cfg))
+    if getattr(args, 'opts', None):
+        if len(args.opts) % 2:
+            raise ConfigError(f'--opts needs KEY VALUE pairs, got {args.opts}')
+        _merge(config, '--opts', lambda: config.merge_from_list(args.opts))
+    flags = {
+        'batch_size': 'DATA.BATCH_SIZE', 'data_path': 'DATA.DATA_PATH', 'resume': 'MODEL.RESUME',
+        'pretrained': 'MODEL.PRETRAINED', 'accumulation_steps': 'TRAIN.ACCUMULATION_STEPS',
+        'output': 'OUTPUT', 'tag': 'TAG', 'model_ema': 'MODEL_EMA', 'model_ema_decay': 'MODEL_EMA_DECAY',
+    }
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            node, leaf = config, key.split('.')
+            for part in leaf[:-1]:
+                node = node[part]
+            node[leaf[-1]] = value
+    if getattr(args, 'use_checkpoint', False):
+        config.TRAIN.USE_CHECKPOINT = True
+    if getattr(args, 'disable_amp', False):
+        config.AMP_ENABLE = False
+    config.EVAL_MODE = bool(getattr(args, 'eval', False))
+    config.THROUGHPUT_MODE = bool(getattr(args, 'throughput', False))
+    config.LOCAL_RANK = int(getattr(args, 'local_rank', 0) or 0)
+    if config.AMP_DTYPE not in ('float16', 'bfloat16'):
+        raise ConfigError(f"AMP_DTYPE must be 'float16' or 'bfloat16', got {config.AMP_DTYPE!r}")
+    if config.TRAIN.ACCUMULATION_STEPS < 1:
+        raise ConfigError('TRAIN.ACCUMULATION_STEPS must be >= 1')
+    config.OUTPUT = os.path.join(config.OUTPUT or 'output', config.MODEL.NAME, config.TAG)
+    config.freeze()
+    return config
+
+
+def scale_learning_rates(config: CN, world_size: int) -> CN:
+    """Linear scaling rule: the configured rates hold for a total batch of 1024 images per optimizer step."""
+    scale = config.DATA.BATCH_SIZE * world_size * config.TRAIN.ACCUMULATION_STEPS / 1024.0
+    config.defrost()
+    config.TRAIN.BASE_LR *= scale
+    config.TRAIN.WARMUP_LR *= scale
+    config.TRAIN.MIN_LR *= scale
+    config.freeze()
+    return config

@@ -1,0 +1,359 @@
+"""Train and evaluate vHeat on an ImageNet-style folder (after Swin-Transformer's main.py).
+
+    python classification/main.py --cfg classification/configs/vHeat/vHeat_tiny_224.yaml --data-path DATA
+    python -m torch.distributed.launch --nproc_per_node=8 classification/main.py ...   # or torchrun
+    python classification/main.py --cfg ... --data-path DATA --eval --resume vHeat_tiny.pth [--model_ema True]
+"""
+import argparse
+import copy
+import datetime
+import json
+import os
+import random
+import sys
+import time
+
+if __package__ in (None, ''):  # run as a script: make `classification` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import AverageMeter, ModelEmaV3, accuracy
+from torch.utils.tensorboard import SummaryWriter
+
+from classification.config import ConfigError, get_config, scale_learning_rates
+from classification.data import DataError, build_loader
+from classification.models import UnsafeCheckpointError, build_model
+from classification.models.flops import flop_count, param_count
+from classification.utils import (CheckpointError, auto_resume_file, create_logger, init_distributed,
+                                  load_weights, read_checkpoint, reduce_mean, save_checkpoint)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is not finite)."""
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ('true', '1', 'yes'):
+        return True
+    if value.lower() in ('false', '0', 'no'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected True or False, got {value!r}')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser('vHeat training and evaluation', add_help=True)
+    parser.add_argument('--cfg', type=str, metavar='FILE', help='path to a config file')
+    parser.add_argument('--opts', nargs='+', default=None, help='override config options: KEY VALUE ...')
+    parser.add_argument('--batch-size', type=int, help='batch size per process')
+    parser.add_argument('--data-path', type=str, help='folder with train/ and val/')
+    parser.add_argument('--resume', help='resume from (or, with --eval, evaluate) this checkpoint')
+    parser.add_argument('--pretrained', help='initialise the model weights from this checkpoint')
+    parser.add_argument('--accumulation-steps', type=int, help='gradient accumulation steps')
+    parser.add_argument('--use-checkpoint', action='store_true', help='gradient checkpointing to save memory')
+    parser.add_argument('--disable_amp', action='store_true', help='no mixed precision')
+    parser.add_argument('--output', type=str, help='root of the outputs: <output>/<MODEL.NAME>/<tag>/')
+    parser.add_argument('--tag', help='tag of the experiment')
+    parser.add_argument('--eval', action='store_true', help='evaluate on val only')
+    parser.add_argument('--throughput', action='store_true', help='measure inference throughput only')
+    parser.add_argument('--model_ema', type=str2bool, help='keep (and evaluate) an EMA of the weights')
+    parser.add_argument('--model_ema_decay', type=float, help='EMA decay')
+    parser.add_argument('--local-rank', '--local_rank', dest='local_rank', type=int, default=0,
+                        help='set by torch.distributed.launch (torchrun sets LOCAL_RANK instead)')
+    return parser.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
+def build_criterion(config, mixup_fn):
+    if mixup_fn is not None:  # mixup makes soft targets, label smoothing included
+        return SoftTargetCrossEntropy()
+    if config.MODEL.LABEL_SMOOTHING > 0:
+        return LabelSmoothingCrossEntropy(smoothing=config.MODEL.LABEL_SMOOTHING)
+    return torch.nn.CrossEntropyLoss()
+
+
+def build_scheduler(config, optimizer, batches_per_epoch: int) -> CosineLRScheduler:
+    """Linear warm-up, then cosine decay, both stepped per optimizer update."""
+    steps_per_epoch = max(1, batches_per_epoch // config.TRAIN.ACCUMULATION_STEPS)
+    warmup_steps = config.TRAIN.WARMUP_EPOCHS * steps_per_epoch
+    return CosineLRScheduler(optimizer, t_initial=max(1, (config.TRAIN.EPOCHS - config.TRAIN.WARMUP_EPOCHS)
+                                                      * steps_per_epoch),
+                             lr_min=config.TRAIN.MIN_LR, warmup_lr_init=config.TRAIN.WARMUP_LR,
+                             warmup_t=warmup_steps, cycle_limit=1, t_in_epochs=False, warmup_prefix=True)
+
+
+def format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def train_one_epoch(config, ctx, epoch):
+    """One pass over the training split: AMP, accumulation, clipping, per-step LR and EMA updates."""
+    model, optimizer, scheduler, scaler = ctx['model'], ctx['optimizer'], ctx['scheduler'], ctx['scaler']
+    loader, mixup_fn, criterion, logger = ctx['loader_train'], ctx['mixup_fn'], ctx['criterion'], ctx['logger']
+    accum = config.TRAIN.ACCUMULATION_STEPS
+    num_steps = len(loader)
+    model.train()
+    optimizer.zero_grad()
+    loss_meter, norm_meter, batch_time = AverageMeter(), AverageMeter(), AverageMeter()
+    start = end = time.time()
+    for idx, (samples, targets) in enumerate(loader):
+        samples = samples.to(ctx['device'], non_blocking=True)
+        targets = targets.to(ctx['device'], non_blocking=True)
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+        with torch.autocast(ctx['device'].type, dtype=ctx['amp_dtype'], enabled=ctx['amp']):
+            outputs = model(samples)
+        loss = criterion(outputs.float(), targets)
+        if not bool(reduce_mean(torch.isfinite(loss.detach()).float()) == 1):
+            raise TrainingError(f'loss is {loss.item()} at epoch {epoch} step {idx} (global step '
+                                f'{epoch * num_steps + idx}); stopped, the last checkpoint was kept')
+        scaler.scale(loss / accum).backward()
+        if (idx + 1) % accum == 0:
+            scaler.unscale_(optimizer)
+            max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            update = (epoch * num_steps + idx + 1) // accum
+            scheduler.step_update(update)
+            if ctx['ema'] is not None:
+                ctx['ema'].update(ctx['model_without_ddp'], step=update)
+            norm_meter.update(grad_norm.item())
+        loss_meter.update(loss.item(), targets.size(0))
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if idx % config.PRINT_FREQ == 0 or idx == num_steps - 1:
+            lr = optimizer.param_groups[0]['lr']
+            logger.info(f'Train: [{epoch}/{config.TRAIN.EPOCHS}][{idx}/{num_steps}]\t'
+                        f'eta {format_eta(batch_time.avg * (num_steps - idx - 1))} lr {lr:.6f}\t'
+                        f'time {batch_time.val:.4f} ({batch_time.avg:.4f})\t'
+                        f'loss {loss_meter.val:.4f} ({loss_meter.avg:.4f})\t'
+                        f'grad_norm {norm_meter.val:.4f} ({norm_meter.avg:.4f})')
+            if ctx['writer'] is not None:
+                step = epoch * num_steps + idx
+                ctx['writer'].add_scalar('train/loss', loss_meter.val, step)
+                ctx['writer'].add_scalar('train/lr', lr, step)
+    epoch_time = time.time() - start
+    images = num_steps * config.DATA.BATCH_SIZE * ctx['world_size']
+    logger.info(f'EPOCH {epoch} training takes {format_eta(epoch_time)} ({images / epoch_time:.1f} images/s)')
+    if ctx['writer'] is not None:
+        ctx['writer'].add_scalar('train/throughput', images / epoch_time, epoch)
+        ctx['writer'].add_scalar('train/epoch_loss', loss_meter.avg, epoch)
+
+
+@torch.no_grad()
+def validate(config, ctx, model, name='model'):
+    """Top-1/top-5 accuracy (%) and loss on the val split, averaged over processes."""
+    logger, loader = ctx['logger'], ctx['loader_val']
+    model.eval()
+    criterion = torch.nn.CrossEntropyLoss()
+    topk = (1, min(5, config.MODEL.NUM_CLASSES))
+    totals = torch.zeros(4, dtype=torch.float64, device=ctx['device'])  # loss sum, top1, top5, count
+    batch_time = AverageMeter()
+    end = time.time()
+    for idx, (images, targets) in enumerate(loader):
+        images = images.to(ctx['device'], non_blocking=True)
+        targets = targets.to(ctx['device'], non_blocking=True)
+        with torch.autocast(ctx['device'].type, dtype=ctx['amp_dtype'], enabled=ctx['amp']):
+            output = model(images)
+        output = output.float()
+        acc1, acc5 = accuracy(output, targets, topk=topk)
+        n = targets.size(0)
+        totals += torch.tensor([criterion(output, targets).item() * n, acc1.item() * n / 100,
+                                acc5.item() * n / 100, n], dtype=torch.float64, device=ctx['device'])
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if idx % config.PRINT_FREQ == 0 and idx > 0:
+            logger.info(f'Test ({name}): [{idx}/{len(loader)}]\teta '
+                        f'{format_eta(batch_time.avg * (len(loader) - idx - 1))}')
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    loss, acc1, acc5 = (totals[:3] / totals[3]).tolist()
+    acc1, acc5 = acc1 * 100, acc5 * 100
+    logger.info(f' * {name}: Acc@1 {acc1:.3f} Acc@{topk[1]} {acc5:.3f} loss {loss:.4f} '
+                f'({int(totals[3].item())} images)')
+    return acc1, acc5, loss
+
+
+@torch.no_grad()
+def throughput(config, ctx, model):
+    """Inference images/s at the configured batch size, after ``infer_init`` (precomputed decay maps)."""
+    model = copy.deepcopy(model).eval()
+    model.infer_init()
+    images, _ = next(iter(ctx['loader_val']))
+    images = images.to(ctx['device'])
+    warmup, timed = (50, 30) if ctx['device'].type == 'cuda' else (3, 10)
+    for _ in range(warmup):
+        model(images)
+    if ctx['device'].type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.time()
+    for _ in range(timed):
+        model(images)
+    if ctx['device'].type == 'cuda':
+        torch.cuda.synchronize()
+    rate = timed * images.size(0) / (time.time() - start)
+    ctx['logger'].info(f'batch_size {images.size(0)} throughput {rate:.1f} images/s')
+    return rate
+
+
+def checkpoint_state(config, ctx, epoch, max_accuracy, max_accuracy_ema):
+    """Everything needed to continue, as plain types (the config as YAML text)."""
+    return {
+        'model': ctx['model_without_ddp'].state_dict(),
+        'model_ema': ctx['ema'].module.state_dict() if ctx['ema'] is not None else None,
+        'optimizer': ctx['optimizer'].state_dict(),
+        'lr_scheduler': ctx['scheduler'].state_dict(),
+        'scaler': ctx['scaler'].state_dict(),
+        'epoch': epoch,
+        'max_accuracy': max_accuracy,
+        'max_accuracy_ema': max_accuracy_ema,
+        'config': config.dump(),
+    }
+
+
+def run(args):
+    config = get_config(args)
+    rank, world_size, device = init_distributed(config.LOCAL_RANK)
+    config = scale_learning_rates(config, world_size)
+    seed_everything(config.SEED + rank)
+    logger = create_logger(config.OUTPUT, rank, config.MODEL.NAME)
+    if rank == 0:
+        with open(os.path.join(config.OUTPUT, 'config.yaml'), 'w') as f:
+            f.write(config.dump())
+        logger.info(f'Full config saved to {config.OUTPUT}/config.yaml\n{config.dump()}')
+    logger.info(f'rank {rank} of {world_size} on {device}')
+    eval_only = config.EVAL_MODE or config.THROUGHPUT_MODE
+    _, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config, eval_only=eval_only)
+
+    model = build_model(config).to(device)
+    logger.info(f'number of params: {param_count(model) / 1e6:.3f}M')
+    logger.info(f'number of GFLOPs: {flop_count(model, (1, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)) / 1e9:.4f}'
+                f' at {config.DATA.IMG_SIZE}x{config.DATA.IMG_SIZE}')
+    amp = config.AMP_ENABLE and device.type == 'cuda'
+    amp_dtype = getattr(torch, config.AMP_DTYPE)
+    ema = ModelEmaV3(model, decay=config.MODEL_EMA_DECAY) if config.MODEL_EMA else None
+    optimizer = create_optimizer_v2(model, config.TRAIN.OPTIMIZER.NAME, lr=config.TRAIN.BASE_LR,
+                                    weight_decay=config.TRAIN.WEIGHT_DECAY, eps=config.TRAIN.OPTIMIZER.EPS,
+                                    betas=tuple(config.TRAIN.OPTIMIZER.BETAS))
+    model_without_ddp = model
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    scheduler = None if eval_only else build_scheduler(config, optimizer, len(loader_train))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    writer = SummaryWriter(config.OUTPUT) if rank == 0 and not eval_only else None
+    ctx = dict(model=model, model_without_ddp=model_without_ddp, ema=ema, optimizer=optimizer, scheduler=scheduler,
+               scaler=scaler, loader_train=loader_train, loader_val=loader_val, mixup_fn=mixup_fn,
+               criterion=build_criterion(config, mixup_fn), logger=logger, device=device, amp=amp,
+               amp_dtype=amp_dtype, world_size=world_size, writer=writer)
+
+    resume = config.MODEL.RESUME
+    if config.TRAIN.AUTO_RESUME and not eval_only:
+        found = auto_resume_file(config.OUTPUT)
+        if found:
+            logger.info(f'auto-resuming from {found}')
+            resume = found
+    start_epoch, max_accuracy, max_accuracy_ema = config.TRAIN.START_EPOCH, 0.0, 0.0
+    if resume:
+        checkpoint = read_checkpoint(resume)
+        load_weights(model_without_ddp, checkpoint['model'], resume)
+        if ema is not None:
+            if checkpoint.get('model_ema') is not None:
+                load_weights(ema.module, checkpoint['model_ema'], f'{resume} (model_ema)')
+            else:
+                ema.set(model_without_ddp)
+        if not eval_only and 'optimizer' in checkpoint and 'lr_scheduler' in checkpoint:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+            scheduler.load_state_dict(checkpoint['lr_scheduler'])
+            if checkpoint.get('scaler'):
+                scaler.load_state_dict(checkpoint['scaler'])
+            start_epoch = int(checkpoint['epoch']) + 1
+            max_accuracy = float(checkpoint.get('max_accuracy', 0.0))
+            max_accuracy_ema = float(checkpoint.get('max_accuracy_ema', 0.0))
+        logger.info(f'loaded {resume} (epoch {checkpoint.get("epoch", "?")})')
+    elif config.MODEL.PRETRAINED:
+        load_weights(model_without_ddp, read_checkpoint(config.MODEL.PRETRAINED)['model'], config.MODEL.PRETRAINED)
+        if ema is not None:
+            ema.set(model_without_ddp)
+        logger.info(f'initialised the weights from {config.MODEL.PRETRAINED}')
+
+    if config.THROUGHPUT_MODE:
+        throughput(config, ctx, model_without_ddp)
+        return
+    if config.EVAL_MODE:
+        acc1, _, _ = validate(config, ctx, model)
+        logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: {acc1:.2f}%')
+        if ema is not None:
+            acc1_ema, _, _ = validate(config, ctx, ema.module, name='model_ema')
+            logger.info(f'Accuracy of the EMA network on the {len(dataset_val)} test images: {acc1_ema:.2f}%')
+        return
+
+    logger.info(f'start training from epoch {start_epoch} to {config.TRAIN.EPOCHS}')
+    start = time.time()
+    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
+        seed_everything(config.SEED + 1000 * epoch + rank)  # data order and augmentation depend on (seed, epoch)
+        loader_train.sampler.set_epoch(epoch)
+        train_one_epoch(config, ctx, epoch)
+        acc1, acc5, loss = validate(config, ctx, model)
+        improved = acc1 > max_accuracy
+        max_accuracy = max(max_accuracy, acc1)
+        logger.info(f'Epoch {epoch}: accuracy {acc1:.2f}% (max {max_accuracy:.2f}%)')
+        if writer is not None:
+            writer.add_scalar('val/acc1', acc1, epoch)
+            writer.add_scalar('val/acc5', acc5, epoch)
+            writer.add_scalar('val/loss', loss, epoch)
+        if ema is not None:
+            acc1_ema, _, _ = validate(config, ctx, ema.module, name='model_ema')
+            max_accuracy_ema = max(max_accuracy_ema, acc1_ema)
+            logger.info(f'Epoch {epoch}: EMA accuracy {acc1_ema:.2f}% (max {max_accuracy_ema:.2f}%)')
+            if writer is not None:
+                writer.add_scalar('val/acc1_ema', acc1_ema, epoch)
+        if rank == 0:
+            state = checkpoint_state(config, ctx, epoch, max_accuracy, max_accuracy_ema)
+            if improved:
+                save_checkpoint(os.path.join(config.OUTPUT, 'ckpt_best.pth'), state)
+            if (epoch + 1) % config.SAVE_FREQ == 0 or epoch == config.TRAIN.EPOCHS - 1:
+                save_checkpoint(os.path.join(config.OUTPUT, f'ckpt_epoch_{epoch}.pth'), state)
+            save_checkpoint(os.path.join(config.OUTPUT, 'ckpt_latest.pth'), state)
+            logger.info(f'saved {config.OUTPUT}/ckpt_latest.pth')
+    logger.info(f'Training time {format_eta(time.time() - start)}; max accuracy {max_accuracy:.2f}%'
+                + (f', EMA {max_accuracy_ema:.2f}%' if ema is not None else ''))
+    if rank == 0:
+        with open(os.path.join(config.OUTPUT, 'result.json'), 'w') as f:
+            json.dump({'max_accuracy': max_accuracy, 'max_accuracy_ema': max_accuracy_ema}, f)
+    if writer is not None:
+        writer.close()
+
+
+def one_line(error: Exception) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it with a traceback attached."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    return last.split(': ', 1)[1] if last.startswith(('classification.', 'DataError')) and ': ' in last else last
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, DataError, CheckpointError, TrainingError, UnsafeCheckpointError,
+            FileNotFoundError) as e:
+        sys.exit(f'error: {one_line(e)}')
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,296 @@
+"""The ImageNet trainer (classification/main.py) end to end on tiny generated folders, on CPU, in subprocesses."""
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FIXTURES, ROOT
+
+MAIN = os.path.join(ROOT, 'classification', 'main.py')
+TINY_CONFIG = """
+MODEL:
+  NAME: tiny
+  NUM_CLASSES: 3
+  DROP_PATH_RATE: 0.1
+  VHEAT:
+    EMBED_DIM: 8
+    DEPTHS: [1, 1, 1, 1]
+DATA:
+  IMG_SIZE: 32
+  BATCH_SIZE: 4
+  NUM_WORKERS: 0
+TRAIN:
+  EPOCHS: 2
+  WARMUP_EPOCHS: 1
+  BASE_LR: 0.256
+AUG:
+  SCALE: (0.5, 1.0)
+MODEL_EMA_DECAY: 0.9
+PRINT_FREQ: 5
+"""
+
+
+def make_folder(root, classes, train_per_class, val_per_class, size=32, seed=0):
+    """An ImageFolder with train/ and val/; each class has its own mean colour, so it can be learnt."""
+    rng = np.random.default_rng(seed)
+    for split, count in (('train', train_per_class), ('val', val_per_class)):
+        for c, name in enumerate(classes):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                base = np.zeros(3) + 40
+                base[c % 3] = 200
+                pixels = np.clip(rng.normal(base, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(root, split, name, f'{i}.png'))
+    return str(root)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def env():
+    e = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        e.pop(key, None)
+    return e
+
+
+def run_main(*args, launcher=(), timeout=300):
+    return subprocess.run([sys.executable, *launcher, MAIN, *args], env=env(), capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp('tiny'), ['a', 'b', 'c'], 8, 4)
+
+
+@pytest.fixture(scope='module')
+def tiny_cfg(tmp_path_factory):
+    path = tmp_path_factory.mktemp('cfg') / 'tiny.yaml'
+    path.write_text(TINY_CONFIG)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_data, tiny_cfg, tmp_path_factory):
+    """One single-process training run of two epochs; its output folder."""
+    output = tmp_path_factory.mktemp('single')
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return os.path.join(output, 'tiny', 'default'), result
+
+
+def test_single_process_training_writes_plain_checkpoints_and_logs(trained):
+    out_dir, result = trained
+    for name in ('ckpt_epoch_0.pth', 'ckpt_epoch_1.pth', 'ckpt_latest.pth', 'ckpt_best.pth'):
+        assert os.path.isfile(os.path.join(out_dir, name)), name
+    assert not [f for f in os.listdir(out_dir) if f.endswith('.tmp')]
+    checkpoint = torch.load(os.path.join(out_dir, 'ckpt_latest.pth'), weights_only=True)
+    assert checkpoint['epoch'] == 1 and isinstance(checkpoint['config'], str)
+    assert 'EMBED_DIM: 8' in checkpoint['config']
+    assert set(checkpoint) >= {'model', 'model_ema', 'optimizer', 'lr_scheduler', 'max_accuracy'}
+    log = result.stdout
+    for fragment in ('number of params', 'number of GFLOPs', 'eta ', 'lr ', 'loss ', '* model: Acc@1',
+                     '* model_ema: Acc@1', 'EMA accuracy'):
+        assert fragment in log, fragment
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(out_dir))
+    # the warm-up and cosine schedule is stepped per iteration: the lr changes within the first epoch
+    lrs = [float(line.split(' lr ')[1].split()[0]) for line in log.splitlines() if 'Train: [0/2]' in line]
+    assert len(set(lrs)) > 1
+
+
+@pytest.mark.parametrize('launcher', ['torch.distributed.launch', 'torchrun'])
+def test_two_process_cpu_training_then_eval_and_throughput(launcher, tiny_data, tiny_cfg, tmp_path):
+    port = str(free_port())
+    module = 'torch.distributed.launch' if launcher == 'torch.distributed.launch' else 'torch.distributed.run'
+    spawn = ('-m', module, '--nproc_per_node=2', '--master_addr=127.0.0.1', f'--master_port={port}')
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path),
+                      '--opts', 'TRAIN.EPOCHS', '1', launcher=spawn)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'rank 0 of 2 on cpu' in result.stdout
+    out_dir = tmp_path / 'tiny' / 'default'
+    assert (out_dir / 'log_rank1.txt').read_text().count('rank 1 of 2') == 1
+    checkpoint = out_dir / 'ckpt_epoch_0.pth'
+    assert checkpoint.is_file()
+    # 24 training images, 2 processes x batch 4: 3 steps per process per epoch
+    assert 'Train: [0/1][2/3]' in result.stdout
+    evaluated = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--tag', 'eval',
+                         '--eval', '--resume', str(checkpoint), '--model_ema', 'True')
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert 'Accuracy of the network on the 12 test images' in evaluated.stdout
+    assert 'Accuracy of the EMA network on the 12 test images' in evaluated.stdout
+    timed = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--tag', 'tp',
+                     '--throughput', '--resume', str(checkpoint))
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    assert 'throughput' in timed.stdout and 'images/s' in timed.stdout
+
+
+def test_eval_of_official_checkpoint_reports_its_accuracy(tmp_path):
+    from types import SimpleNamespace
+    from classification.config import get_config
+    from classification.data.build import build_transform, load_image
+    from classification.models import build_model, load_checkpoint
+
+    classes = [str(i) for i in range(10)]
+    data = make_folder(tmp_path / 'data', classes, 1, 2, size=64)
+    cfg = tmp_path / 'mini.yaml'
+    cfg.write_text('MODEL:\n  NAME: mini\n  NUM_CLASSES: 10\n  VHEAT:\n    EMBED_DIM: 16\n    DEPTHS: [1, 1, 2, 1]\n'
+                   '    POST_NORM: False\nDATA:\n  IMG_SIZE: 64\n  BATCH_SIZE: 8\n  NUM_WORKERS: 0\n')
+    official = os.path.join(FIXTURES, 'official_vheat_mini.pth')
+    result = run_main('--cfg', str(cfg), '--data-path', data, '--output', str(tmp_path), '--eval',
+                      '--resume', official, '--model_ema', 'True')
+    assert result.returncode == 0, result.stderr[-3000:]
+    reported = float(result.stdout.split('Accuracy of the network on the 20 test images: ')[1].split('%')[0])
+    assert 'Accuracy of the EMA network on the 20 test images' in result.stdout
+
+    # the same accuracy, computed here from the checkpoint's 'model' weights
+    config = get_config(SimpleNamespace(cfg=str(cfg), opts=None))
+    model = build_model(config).eval()
+    model.load_state_dict(load_checkpoint(official)['model'], strict=True)
+    transform = build_transform(config, is_training=False)
+    correct = 0
+    for label, name in enumerate(classes):
+        for i in range(2):
+            x = transform(load_image(os.path.join(data, 'val', name, f'{i}.png')))[None]
+            correct += int(model(x).argmax(1).item() == label)
+    assert reported == pytest.approx(100.0 * correct / 20, abs=1e-3)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tiny_data, tiny_cfg, tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'model': {}, 'payload': _RunsCode(str(marker))}, evil)
+    with pytest.raises(pickle.UnpicklingError):  # the file really is a code-running pickle
+        torch.load(evil, weights_only=True)
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval',
+                      '--resume', str(evil))
+    assert_one_line_error(result, 'refusing to load', 'system')
+    assert not marker.exists()
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL during epoch 1, restart with the same command: final weights equal an uninterrupted run."""
+    data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 64, 2)
+    cfg = tmp_path / 'resume.yaml'
+    # the defaults add RandAugment, mixup/cutmix and random erasing; with drop path and a loader worker,
+    # every RNG the trainer uses is exercised
+    cfg.write_text(TINY_CONFIG.replace('NUM_WORKERS: 0', 'NUM_WORKERS: 1'))
+    args = ['--cfg', str(cfg), '--data-path', data]
+
+    reference = run_main(*args, '--output', str(tmp_path / 'reference'))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out_dir = tmp_path / 'killed' / 'tiny' / 'default'
+    command = [sys.executable, MAIN, *args, '--output', str(tmp_path / 'killed')]
+    process = subprocess.Popen(command, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.time() + 120
+    while not (out_dir / 'ckpt_latest.pth').exists():
+        assert process.poll() is None and time.time() < deadline, 'the run ended before its first checkpoint'
+        time.sleep(0.02)
+    log = ''
+    for line in process.stdout:  # kill a few steps into epoch 1
+        log += line
+        if 'Train: [1/2][10/' in line:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out_dir / 'ckpt_epoch_1.pth').exists(), 'the kill came too late'
+
+    resumed = subprocess.run(command, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'auto-resuming from' in resumed.stdout and 'start training from epoch 1' in resumed.stdout
+    final = torch.load(out_dir / 'ckpt_epoch_1.pth', weights_only=True)
+    expected = torch.load(tmp_path / 'reference' / 'tiny' / 'default' / 'ckpt_epoch_1.pth', weights_only=True)
+    for part in ('model', 'model_ema'):
+        for key, value in expected[part].items():
+            assert (final[part][key] - value).abs().max().item() <= 1e-6, f'{part}.{key}'
+
+
+def test_missing_and_empty_data_paths_are_one_line_errors(tiny_cfg, tmp_path):
+    missing = run_main('--cfg', tiny_cfg, '--data-path', str(tmp_path / 'nowhere'), '--output', str(tmp_path))
+    assert_one_line_error(missing, 'data folder not found', 'nowhere')
+    (tmp_path / 'empty' / 'train').mkdir(parents=True)
+    (tmp_path / 'empty' / 'val').mkdir()
+    empty = run_main('--cfg', tiny_cfg, '--data-path', str(tmp_path / 'empty'), '--output', str(tmp_path))
+    assert_one_line_error(empty, 'empty', 'class folder')
+
+
+def test_train_and_val_class_folders_must_match(tiny_cfg, tmp_path):
+    data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 4, 1)
+    os.rename(os.path.join(data, 'val', 'c'), os.path.join(data, 'val', 'z'))
+    result = run_main('--cfg', tiny_cfg, '--data-path', data, '--output', str(tmp_path))
+    assert_one_line_error(result, 'class folders differ', "only in train: ['c']", "only in val: ['z']")
+
+
+def test_truncated_image_is_an_error_naming_the_file(tiny_cfg, tmp_path):
+    data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 4, 1)
+    broken = os.path.join(data, 'train', 'b', '2.png')
+    with open(broken, 'rb') as f:
+        content = f.read()
+    with open(broken, 'wb') as f:
+        f.write(content[:len(content) // 2])
+    for workers in ('0', '1'):
+        result = run_main('--cfg', tiny_cfg, '--data-path', data, '--output', str(tmp_path),
+                          '--opts', 'DATA.NUM_WORKERS', workers)
+        assert_one_line_error(result, 'cannot read image', broken)
+
+
+def test_unknown_config_key_is_a_one_line_error(tiny_data, tiny_cfg, tmp_path):
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--opts', 'TRAIN.NO_SUCH_KEY', '1')
+    assert_one_line_error(result, 'TRAIN.NO_SUCH_KEY')
+    bad_file = tmp_path / 'bad.yaml'
+    bad_file.write_text('MODEL:\n  VHEAT:\n    EMBED_DIMS: 8\n')
+    result = run_main('--cfg', str(bad_file), '--data-path', tiny_data)
+    assert_one_line_error(result, str(bad_file), 'MODEL.VHEAT.EMBED_DIMS')
+
+
+def test_checkpoint_of_another_architecture_names_the_mismatched_keys(trained, tiny_data, tiny_cfg, tmp_path):
+    checkpoint = os.path.join(trained[0], 'ckpt_best.pth')
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval',
+                      '--resume', checkpoint, '--opts', 'MODEL.VHEAT.DEPTHS', '[1,1,2,1]')
+    assert_one_line_error(result, 'does not fit', 'missing (', 'stages.2.blocks.1.')
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval',
+                      '--resume', checkpoint, '--opts', 'MODEL.VHEAT.EMBED_DIM', '16')
+    assert_one_line_error(result, 'shape mismatch', 'stem.')
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trained, tiny_data, tiny_cfg):
+    out_dir = trained[0]
+    good = os.path.join(out_dir, 'ckpt_latest.pth')
+    before = open(good, 'rb').read()
+    # same output folder, weights from the good checkpoint, an absurd learning rate: the loss diverges
+    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', os.path.dirname(os.path.dirname(out_dir)),
+                      '--pretrained', good, '--opts', 'TRAIN.AUTO_RESUME', 'False', 'TRAIN.BASE_LR', '1e30',
+                      'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.CLIP_GRAD', '0.0')
+    line = assert_one_line_error(result, 'loss is', 'at epoch 0 step', 'last checkpoint was kept')
+    assert 'nan' in line or 'inf' in line
+    assert open(good, 'rb').read() == before
