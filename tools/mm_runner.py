@@ -15,10 +15,18 @@ from mmengine.logging.history_buffer import HistoryBuffer  # noqa: E402
 
 def allow_runner_checkpoints() -> None:
     """mmengine loads checkpoints with torch.load's default weights_only=True (torch >= 2.6); its Runner
-    checkpoints also hold the message hub's HistoryBuffers and numpy scalars: allow exactly those."""
-    scalar = getattr(getattr(np, '_core', np.core), 'multiarray').scalar
+    checkpoints also hold the message hub's HistoryBuffers, numpy arrays and scalars: allow exactly those."""
+    multiarray = np._core.multiarray
     dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    torch.serialization.add_safe_globals([HistoryBuffer, scalar, np.dtype, *dtypes])
+    torch.serialization.add_safe_globals(
+        [HistoryBuffer, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes])
+    HistoryBuffer.__getstate__ = _history_buffer_state
+
+
+def _history_buffer_state(buffer: HistoryBuffer) -> dict:
+    """HistoryBuffer pickles its statistics functions (``getattr(HistoryBuffer, 'min')``...), which a weights-only
+    load must refuse; __setstate__ restores the default ones, so checkpoints written here leave them out."""
+    return {k: v for k, v in buffer.__dict__.items() if k != 'statistics_methods'}
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
