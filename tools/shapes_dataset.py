@@ -162,7 +162,7 @@ def _short_schedule(max_iters: int, lr: float) -> Dict:
         train_cfg=dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters),
         val_cfg=None, val_dataloader=None, val_evaluator=None,  # evaluation: tools/test.py
         param_scheduler=[dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-                              end=max(1, max_iters // 10))],
+                              end=max(1, min(max_iters // 10, 50)))],
         optim_wrapper=dict(optimizer=dict(lr=lr)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=max(1, max_iters // 20)),
                            checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
