@@ -1,0 +1,75 @@
+"""vHeat as a dense-prediction backbone: the one place detection and segmentation share.
+
+The mmdet/mmseg adapters only add registration and ``init_cfg`` handling (``classification/models/mm_backbone.py``).
+"""
+import logging
+from typing import List, Sequence
+
+import torch
+import torch.nn as nn
+
+from .serialization import load_checkpoint
+from .vheat import checkpoint_filter_fn, vHeat
+
+_logger = logging.getLogger(__name__)
+
+
+class vHeatBackbone(vHeat):
+    """vHeat returning normalised NCHW stage outputs (strides 4, 8, 16, 32) instead of logits.
+
+    Args:
+        out_indices: stages whose outputs are returned; later stages are dropped.
+        frozen_stages: -1 trains everything; 0 freezes the stem; i > 0 also freezes stages 0..i-1
+            (kept in eval mode so their dropout/drop path stay off).
+        **kwargs: vHeat arguments (``num_classes`` is forced to 0: no classifier). ``img_size`` sets the
+            frequency-embedding resolution that pretrained weights are resized to; any input size runs.
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, **kwargs):
+        kwargs['num_classes'] = 0
+        super().__init__(**kwargs)
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.prune_intermediate_layers(list(self.out_indices), prune_head=True)
+        del self.head  # the head's LayerNorm only serves the classifier; each output has its own norm
+        self.out_norms = nn.ModuleList(
+            nn.LayerNorm(self.dims[i]) if i in self.out_indices else nn.Identity() for i in range(len(self.stages)))
+        self._freeze_stages()
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.stem] + list(self.stages[:self.frozen_stages])
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'vHeatBackbone':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)  # channels-last
+            if i in self.out_indices:
+                outs.append(self.out_norms[i](x).permute(0, 3, 1, 2).contiguous())
+        return outs
+
+    def load_pretrained(self, path: str) -> nn.modules.module._IncompatibleKeys:
+        """Load a classification checkpoint (official or ours): classifier dropped, frequency embeddings
+        resized to this model's ``img_size``; missing/unexpected keys are logged and returned."""
+        checkpoint = load_checkpoint(path)
+        state_dict = checkpoint.get('model', checkpoint.get('state_dict', checkpoint))
+        state_dict = checkpoint_filter_fn(state_dict, self)
+        dropped = [k for k in state_dict if k.startswith('head.')]
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
+        result = self.load_state_dict(state_dict, strict=False)
+        _logger.info('Loaded %s into vHeatBackbone; classifier dropped: %s; missing keys: %s; '
+                        'unexpected keys: %s', path, dropped, result.missing_keys, result.unexpected_keys)
+        return result
