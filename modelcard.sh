@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Train / evaluate / time vHeat-T, -S and -B on ImageNet-1K as in the paper (8 GPUs, batch 128 each = 1024).
-#   bash modelcard.sh tiny|small|base train|eval|throughput
+# The paper's runs of vHeat-T, -S and -B, 8 GPUs each:
+#   bash modelcard.sh tiny|small|base train|eval|throughput      ImageNet-1K (batch 128 per GPU = 1024)
+#   bash modelcard.sh tiny|small|base det_train|det_test           Mask R-CNN 1x on COCO
+#   bash modelcard.sh tiny|small det3x_train|det3x_test            Mask R-CNN 3x multi-scale on COCO
+#   bash modelcard.sh tiny|small|base seg_train|seg_test           UperNet 160k on ADE20K (seg_test adds --tta)
+# Downstream configs read data/coco and data/ade (see README, Downstream) and write work_dirs/<config name>/.
 # DATA (default /dataset/ImageNet2012, with train/ and val/), OUTPUT (default /tmp) and CKPT_DIR (where the
 # released vHeat_tiny.pth, vHeat_small.pth, vHeat_base.pth are; default .) override the paths.
 # Published ImageNet-1K top-1: vHeat-T 82.2, vHeat-S 83.6, vHeat-B 83.9.
@@ -26,5 +30,24 @@ case "$action" in
     set -x
     python classification/main.py --cfg "$cfg" --batch-size 128 --data-path "$data" --output "$output" \
       --throughput --resume "${CKPT_DIR:-.}/vHeat_${size}.pth" ;;
-  *) echo "unknown action: $action (train, eval or throughput)" >&2; exit 2 ;;
+  det_train|det3x_train)
+    schedule=$([ "$action" = det3x_train ] && echo _ms_3x || true)
+    set -x
+    bash tools/dist_train.sh "detection/configs/vheat/mask_rcnn_fpn_coco_${size}${schedule}.py" 8 ;;
+  det_test|det3x_test)
+    schedule=$([ "$action" = det3x_test ] && echo _ms_3x || true)
+    epochs=$([ "$action" = det3x_test ] && echo 36 || echo 12)
+    config=mask_rcnn_fpn_coco_${size}${schedule}
+    set -x
+    bash tools/dist_test.sh "detection/configs/vheat/${config}.py" "work_dirs/${config}/epoch_${epochs}.pth" 8 ;;
+  seg_train)
+    set -x
+    bash tools/dist_train.sh "segmentation/configs/vheat/upernet_vheat_160k_ade20k_512x512_${size}.py" 8 ;;
+  seg_test)
+    config=upernet_vheat_160k_ade20k_512x512_${size}
+    set -x
+    bash tools/dist_test.sh "segmentation/configs/vheat/${config}.py" "work_dirs/${config}/iter_160000.pth" 8
+    bash tools/dist_test.sh "segmentation/configs/vheat/${config}.py" "work_dirs/${config}/iter_160000.pth" 8 --tta ;;
+  *) echo "unknown action: $action (train, eval, throughput, det_train, det_test, det3x_train, det3x_test," \
+          "seg_train or seg_test)" >&2; exit 2 ;;
 esac
