@@ -89,7 +89,10 @@ def test_any_resolution_and_same_output_at_own_size(official_io, official_checkp
     assert torch.equal(model(x), before)
     model.infer_init()
     for size in [(80, 80), (64, 96)]:
-        assert model(torch.randn(1, 3, *size)).shape == (1, 10)
+        with torch.inference_mode():  # the resized decay cached here must serve autograd below
+            assert model(torch.randn(1, 3, *size)).shape == (1, 10)
+        with torch.enable_grad():
+            assert model(torch.randn(1, 3, *size, requires_grad=True)).requires_grad
     assert (model(x) - official_io['logits_infer']).abs().max() <= 1e-4
 
 

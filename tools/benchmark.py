@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 
 import classification.models  # noqa: E402,F401  (registers vheat_* with timm)
-from classification.models.dct import dct2d  # noqa: E402
+from classification.models.dct import choose_dct_impl, dct2d  # noqa: E402
 from classification.models.flops import flop_count  # noqa: E402
 
 PEERS = {
@@ -227,14 +227,24 @@ def growth_exponent(pixels: List[int], values: List[float]) -> float:
     return float(slope)
 
 
+def auto_dct_impl(img_size: int, device: torch.device) -> str:
+    """The single DCT path 'auto' takes at every vHeat-T stage for ``img_size`` inputs, or 'mixed'."""
+    sides = [-(-img_size // 4) // 2 ** i for i in range(4)]
+    chosen = {choose_dct_impl(side, side, 'auto', device) for side in sides}
+    return chosen.pop() if len(chosen) == 1 else 'mixed'
+
+
 def resolution_sweep(args, device) -> Dict:
     """Images/s, peak memory and GFLOPs of every model at every size, interleaved per size; JSON + plot."""
     _malloc_returns_large_blocks()
-    rounds, warmup = (2, 1) if args.quick else (args.rounds, args.warmup)
+    rounds, warmup = (1, 1) if args.quick else (args.rounds, args.warmup)
     batch = args.sweep_batch
     rows = []
     for size in SWEEP_SIZES:
         labels = [lb for lb in SWEEP_MODELS if not args.quick or size in QUICK_SIZES.get(lb, SWEEP_SIZES)]
+        auto_path = auto_dct_impl(size, device)
+        if auto_path != 'mixed':  # 'auto' runs exactly the code of that path: time it once
+            labels.remove('vHeat-T auto')
         torch.manual_seed(0)
         x = torch.randn(batch, 3, size, size, device=device)
         models, tasks = {}, {}
@@ -256,6 +266,10 @@ def resolution_sweep(args, device) -> Dict:
                              gflops=gflops))
             print(f'  {size:>5} {label:<15} {batch / secs[label]:8.3f} img/s  {memory[label] / 2 ** 20:8.1f} MiB'
                   + (f'  {gflops:7.2f} GFLOPs' if gflops is not None else ''), flush=True)
+        if auto_path != 'mixed':
+            same = next(r for r in rows if r['size'] == size and r['model'] == f'vHeat-T {auto_path}')
+            rows.append(dict(same, model='vHeat-T auto', same_code_as=f'vHeat-T {auto_path}'))
+            print(f'  {size:>5} vHeat-T auto    = vHeat-T {auto_path} (auto takes that path at every stage)')
         del models, tasks
     exponents = {}
     for label in SWEEP_MODELS:
@@ -341,7 +355,7 @@ def main(argv=None) -> Dict:
     parser.add_argument('--sweep-batch', type=int, default=1)
     parser.add_argument('--plot', default='docs/scaling.png', help='--sweep: where to write the plot')
     parser.add_argument('--quick', action='store_true',
-                        help='shorter --sweep: 2 timed rounds, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
+                        help='shorter --sweep: 1 timed round, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:

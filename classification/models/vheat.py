@@ -131,7 +131,8 @@ class HeatConduction(nn.Module):
                 return self.k_exp
             key = (tuple(size), self.k_exp.device, self.k_exp.dtype, self.k_exp._version)
             if self._resized_decay_key != key:  # k_exp is fixed: resize once per input size
-                self._resized_decay, self._resized_decay_key = resize_map(self.k_exp, size), key
+                with torch.inference_mode(False), torch.no_grad():  # usable later with autograd too
+                    self._resized_decay, self._resized_decay_key = resize_map(self.k_exp, size), key
             return self._resized_decay
         if freq_embed is None:
             raise ValueError('HeatConduction in training layout needs the stage frequency embedding')
