@@ -268,7 +268,7 @@ def resolution_sweep(args, device) -> Dict:
                   + (f'  {gflops:7.2f} GFLOPs' if gflops is not None else ''), flush=True)
         if auto_path != 'mixed':
             same = next(r for r in rows if r['size'] == size and r['model'] == f'vHeat-T {auto_path}')
-            rows.append(dict(same, model='vHeat-T auto', same_code_as=f'vHeat-T {auto_path}'))
+            rows.append(dict(same, model='vHeat-T auto', gflops=None, same_code_as=f'vHeat-T {auto_path}'))
             print(f'  {size:>5} vHeat-T auto    = vHeat-T {auto_path} (auto takes that path at every stage)')
         del models, tasks
     exponents = {}
