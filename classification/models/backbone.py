@@ -53,13 +53,10 @@ class vHeatBackbone(vHeat):
         return self
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)  # channels-last
-            if i in self.out_indices:
-                outs.append(self.out_norms[i](x).permute(0, 3, 1, 2).contiguous())
-        return outs
+        feats = self.forward_intermediates(x, indices=list(self.out_indices), output_fmt='NHWC',
+                                           intermediates_only=True)
+        # NCHW views of channels-last memory: convolutions downstream take them without a copy
+        return [self.out_norms[i](f).permute(0, 3, 1, 2) for i, f in zip(sorted(self.out_indices), feats)]
 
     def load_pretrained(self, path: str) -> nn.modules.module._IncompatibleKeys:
         """Load a classification checkpoint (official or ours): classifier dropped, frequency embeddings
