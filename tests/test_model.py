@@ -6,7 +6,8 @@ import pytest
 import timm
 import torch
 
-from classification.models import vHeat
+from classification.models import chunked, vHeat
+from classification.models import vheat as vheat_module
 from classification.models.vheat import linear_residual
 from classification.models.flops import flop_count, param_count
 
@@ -126,7 +127,8 @@ def test_timm_loads_local_official_checkpoint(official_io):
 
 
 def test_gradients_reach_every_parameter(official_io):
-    model = vHeat(**official_io['kwargs']).train()
+    torch.manual_seed(0)  # no stochastic depth: with 2 images it may drop a whole branch of both
+    model = vHeat(**dict(official_io['kwargs'], drop_path_rate=0.0)).train()
     model(official_io['input']).logsumexp(dim=1).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
@@ -177,3 +179,47 @@ def test_fused_residual_keeps_full_precision_under_autocast():
         plain = residual + linear(x)
     assert fused.dtype == plain.dtype == torch.float32
     assert torch.equal(fused, plain)
+
+
+@pytest.mark.parametrize('variant', [dict(post_norm=False), dict(post_norm=True, layer_scale=1e-1)])
+@pytest.mark.parametrize('images_per_group', [2, 0.5])
+@torch.no_grad()
+def test_inference_in_pieces_matches_whole_batch(monkeypatch, variant, images_per_group):
+    """The CPU inference paths change no output: stem and blocks a few images at a time (2), or an image at a
+    time in row bands with the DCT in place (0.5); MLPs in row chunks."""
+    torch.manual_seed(0)
+    model = vHeat(depths=[1, 1, 2, 1], dims=16, num_classes=10, img_size=64, **variant).eval()
+    x = torch.randn(5, 3, 64, 80)
+    monkeypatch.setattr(chunked, 'MIN_CHUNKED_BYTES', 1 << 40)
+    monkeypatch.setattr(chunked, 'GROUP_BYTES', 1 << 40)
+    whole = model(x)
+    calls = []
+    for name in ('in_image_groups', 'conv3x3_rows', 'heat_conduction_'):
+        plain = getattr(vheat_module, name)
+        monkeypatch.setattr(vheat_module, name, lambda *args, _f=plain, _n=name: calls.append(_n) or _f(*args))
+    monkeypatch.setattr(chunked, 'MIN_CHUNKED_BYTES', 0)
+    monkeypatch.setattr(chunked, 'GROUP_BYTES', int(images_per_group * 16 * 20 * 16 * 4))  # stride-4 maps
+    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 3 * 20 * 64 * 4)  # 3 rows of a stride-4 map's MLP
+    pieces = model(x)
+    if images_per_group > 1:
+        assert set(calls) == {'in_image_groups'}
+    else:  # the later stages' maps are small enough for groups again
+        assert set(calls) == {'conv3x3_rows', 'heat_conduction_', 'in_image_groups'}
+    assert (pieces - whole).abs().max() <= 1e-5
+    stem_out = model.stem(x)
+    kept = stem_out.clone()
+    stage_out = model.stages[0](stem_out)
+    assert torch.equal(stem_out, kept)  # a stage writes into its input only when told it may
+    assert torch.equal(model.stages[0](stem_out, overwrite_input=True), stage_out)
+
+
+def test_chunked_mlp_equals_plain_mlp(monkeypatch):
+    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 7 * 32 * 4)  # 7 rows a chunk: 20 chunks and a ragged last one
+    fc1, fc2 = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+    x, residual = torch.randn(2, 5, 14, 8), torch.randn(2, 5, 14, 8)
+    with torch.no_grad():
+        plain = fc2(torch.nn.functional.gelu(fc1(x)))
+        out = torch.full_like(x, float('nan'))
+        assert chunked.chunked_mlp(x, fc1, fc2, residual, out=out) is out
+        assert torch.allclose(out, residual + plain, atol=1e-6)
+        assert torch.allclose(chunked.chunked_mlp(x, fc1, fc2), plain, atol=1e-6)

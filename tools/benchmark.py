@@ -190,6 +190,15 @@ def _malloc_returns_large_blocks() -> None:
         pass
 
 
+def _release_free_heap() -> None:
+    """Give glibc's free heap pages back to the system (``malloc_trim``), so that what a call allocates next
+    is fresh pages that raise the resident set, not free heap that is already resident."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _status_kib(field: str) -> int:
     with open('/proc/self/status') as f:
         for line in f:
@@ -202,7 +211,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory added by one call of ``fn``, in bytes.
 
     CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the process's peak resident
-    set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call, i.e. activations,
+    set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call (free heap given
+    back first), i.e. activations,
     workspaces and anything else the call makes resident; the weights are already resident and not included.
     """
     if device.type == 'cuda':
@@ -212,6 +222,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - base)
+    _release_free_heap()
     base = _status_kib('VmRSS')
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM to the current resident set

@@ -140,3 +140,30 @@ def heat_conduction(x: torch.Tensor, decay: torch.Tensor, impl: str = 'auto') ->
     tracked = torch.is_grad_enabled() and (spectrum.requires_grad or decay.requires_grad)
     spectrum = spectrum * decay if tracked else spectrum.mul_(decay)
     return dct2d(spectrum, impl, inverse=True)
+
+
+def heat_conduction_(u: torch.Tensor, decay: torch.Tensor, band_bytes: int) -> torch.Tensor:
+    """:func:`heat_conduction` in place (matmul path, no autograd), band by band, for maps too large for cache.
+
+    The transform along H runs on column bands and the one along W on row bands, each band through a
+    temporary of about ``band_bytes``; the forward W transform, the decay and the inverse W transform run
+    together on one row band. No second map-sized buffer is needed.
+    """
+    _, height, width, channels = u.shape
+    mat_h, mat_w = dct_matrix(height, u.device, u.dtype), dct_matrix(width, u.device, u.dtype)
+    cols = max(1, band_bytes // (height * channels * u.element_size()))
+    rows = max(1, band_bytes // (width * channels * u.element_size()))
+
+    def along_height(image: torch.Tensor, mat: torch.Tensor) -> None:
+        for start in range(0, width, cols):
+            band = image[:, start:start + cols]  # (H, w, C) view; as a (H, w*C) matrix its rows are strided
+            band.copy_(torch.matmul(mat, band.reshape(height, -1)).view(band.shape))
+
+    for image in u:
+        along_height(image, mat_h)
+        for start in range(0, height, rows):
+            band = image[start:start + rows]
+            spectrum = torch.matmul(mat_w, band).mul_(decay[start:start + rows])
+            band.copy_(torch.matmul(mat_w.t(), spectrum))
+        along_height(image, mat_h.t())
+    return u

@@ -6,7 +6,8 @@ with an orthonormal DCT-II, w_n = n*pi/H, and k = ReLU(Linear(frequency value em
 per stage. ``infer_init()`` folds the fixed k of a trained model into a precomputed decay map (``k_exp``).
 
 The whole network runs channels-last (B, H, W, C): LayerNorms, Linear MLPs and the DCT matrix products need
-no layout copies, and convolutions see channels-last NCHW views.
+no layout copies, and convolutions see channels-last NCHW views. Inference on CPU runs in cache-sized pieces
+(image groups, row bands, row chunks: see :mod:`.chunked`) with the same arithmetic per pixel.
 
 Parameter names are this module's own; official vHeat checkpoints (training and ``infer_init`` layouts)
 are converted on load by :func:`checkpoint_filter_fn`, which ``load_state_dict`` applies automatically.
@@ -24,7 +25,9 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .dct import DCT_IMPLS, frequency_distance, heat_conduction
+from . import chunked
+from .chunked import chunked_mlp, chunking_pays, conv3x3_rows, grouping_pays, in_image_groups, row_bands
+from .dct import DCT_IMPLS, choose_dct_impl, frequency_distance, heat_conduction, heat_conduction_
 
 __all__ = ['vHeat', 'checkpoint_filter_fn']
 
@@ -42,6 +45,12 @@ def resize_map(t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 def _grad_free(t: torch.Tensor) -> bool:
     """True when autograd does not track ``t``: in-place updates are then safe and save an allocation."""
     return not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def _tracks_grad(module: nn.Module, *inputs: Optional[torch.Tensor]) -> bool:
+    """True when autograd records ``module`` applied to ``inputs``."""
+    return torch.is_grad_enabled() and (any(t is not None and t.requires_grad for t in inputs)
+                                        or any(p.requires_grad for p in module.parameters()))
 
 
 def linear_residual(x: torch.Tensor, linear: nn.Linear, residual: Optional[torch.Tensor]) -> torch.Tensor:
@@ -81,9 +90,40 @@ class Stem(nn.Module):
         self.norm2 = nn.LayerNorm(out_chans, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        out_shape = (batch, (height + 3) // 4, (width + 3) // 4, self.conv2.out_channels)
+        hidden_bytes = (height + 1) // 2 * ((width + 1) // 2) * self.conv1.out_channels * x.element_size()
+        if _tracks_grad(self, x) or not grouping_pays(x, batch * hidden_bytes):
+            return self._forward(x)
+        # inference on CPU: a few images at a time (or row bands of one), so that the stride-2 maps stay in cache
+        if grouping_pays(x, hidden_bytes):
+            return self._forward_streamed(x, x.new_empty(out_shape))
+        return in_image_groups(lambda part, out: out.copy_(self._forward(part)), x, x.new_empty(out_shape),
+                               hidden_bytes)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x.contiguous(memory_format=torch.channels_last))
-        x = self.act(self.norm1(_nhwc(x)))
-        return self.norm2(_nhwc(self.conv2(_nchw(x))))
+        return self.norm2(_nhwc(self.conv2(_nchw(self._norm_act(_nhwc(x))))))
+
+    def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x)
+        return torch.ops.aten.gelu_(x) if _grad_free(x) else self.act(x)
+
+    def _forward_streamed(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Inference on large images: an image at a time, in bands of output rows (see ``conv3x3_rows``)."""
+        height, half_height = x.shape[2], (x.shape[2] + 1) // 2
+        row_bytes = 2 * ((x.shape[3] + 1) // 2) * self.conv1.out_channels * x.element_size()
+        for image, image_out in zip(x.split(1), out.split(1)):
+            pixels = image.permute(0, 2, 3, 1)
+
+            def half_resolution(start, stop):
+                rows = conv3x3_rows(self.conv1, lambda a, b: pixels[:, a:b].contiguous(), height, start, stop)
+                return self._norm_act(rows)
+
+            for start, stop in row_bands(out.shape[1], row_bytes):
+                image_out[:, start:stop] = self.norm2(
+                    conv3x3_rows(self.conv2, half_resolution, half_height, start, stop))
+        return out
 
 
 class Downsample(nn.Module):
@@ -145,30 +185,42 @@ class HeatConduction(nn.Module):
         self.k_exp = nn.Parameter(self.decay(tuple(freq_embed.shape[:2]), freq_embed), requires_grad=False)
         del self.to_k
 
+    def split_linear(self) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of the heat source u and of the gate z, the two halves of ``linear``."""
+        w_u, w_z = self.linear.weight.chunk(2)
+        b_u, b_z = self.linear.bias.chunk(2)
+        return (w_u, b_u), (w_z, b_z)
+
+    def gate(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(u) * SiLU(z), in place on u's normalised copy when autograd does not need it."""
+        u = self.out_norm(u)
+        return u.mul_(F.silu(z, inplace=True)) if _grad_free(u) else u * F.silu(z)
+
     def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """HCO of channels-last ``x``; with ``residual``, returns ``residual + HCO(x)``."""
         x = _nhwc(self.dwconv(_nchw(x)))
         # Two half-width products instead of one split: both halves come out contiguous for the DCT.
-        w_u, w_z = self.linear.weight.chunk(2)
-        b_u, b_z = self.linear.bias.chunk(2)
+        (w_u, b_u), (w_z, b_z) = self.split_linear()
         u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
         u = heat_conduction(u, self.decay(tuple(u.shape[1:3]), freq_embed), self.dct_impl)
-        u = self.out_norm(u)
-        gated = u.mul_(F.silu(z, inplace=True)) if _grad_free(u) else u * F.silu(z)
-        return linear_residual(gated, self.out_linear, residual)
+        return linear_residual(self.gate(u, z), self.out_linear, residual)
 
 
 class Mlp(nn.Module):
-    """fc1, GELU, fc2 on channels-last input (GELU in place when autograd does not need its input)."""
+    """fc1, GELU, fc2 on channels-last input; on CPU in cache-sized row chunks (see :mod:`.chunked`)."""
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """MLP of ``x``; with ``residual``, returns ``residual + MLP(x)``."""
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[residual +] MLP(x)``; ``out``: where to write it (inference on CPU only)."""
+        hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
+        if not _tracks_grad(self, x, residual) and (out is not None or chunking_pays(x, hidden_bytes)):
+            return chunked_mlp(x, self.fc1, self.fc2, residual, out)
         h = self.fc1(x)
         h = torch.ops.aten.gelu_(h) if _grad_free(h) else F.gelu(h)
         return linear_residual(h, self.fc2, residual)
@@ -196,14 +248,77 @@ class HeatBlock(nn.Module):
         y = norm(branch(x, *args)) if self.post_norm else branch(norm(x), *args)
         return self.drop_path(y if gamma is None else y * gamma)
 
-    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
+                overwrite: bool = False) -> torch.Tensor:
+        """The block's output; ``overwrite``: in inference on CPU it may be written into x, which the caller
+        must not need any more (saves a map-sized buffer)."""
+        if _tracks_grad(self, x) or not grouping_pays(x, x.nbytes):
+            return self._forward(x, freq_embed)
+        if grouping_pays(x, x[0].nbytes) and choose_dct_impl(*x.shape[1:3], self.op.dct_impl, x.device) == 'matmul':
+            return self._forward_streamed(x, freq_embed, overwrite)
+        # inference on CPU: a few images at a time, so that the block's intermediate maps stay in cache
+        return in_image_groups(lambda part, out: self._forward(part, freq_embed, out=out),
+                               x, x if overwrite else torch.empty_like(x), x[0].nbytes)
+
+    def _plain_residuals(self) -> bool:
+        """Pre-norm, no layer scale, no active drop path: each branch's last linear can accumulate into x."""
         drop_path_active = self.training and not isinstance(self.drop_path, nn.Identity)
-        if not (self.post_norm or self.gamma1 is not None or drop_path_active):
-            # plain pre-norm residuals: each branch's last linear accumulates straight into x
+        return not (self.post_norm or self.gamma1 is not None or drop_path_active)
+
+    def _forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor],
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self._plain_residuals():
             x = self.op(self.norm1(x), freq_embed, residual=x)
-            return self.mlp(self.norm2(x), residual=x)
+            return self.mlp(self.norm2(x), residual=x, out=out)
         x = x + self._branch(self.op, self.norm1, self.gamma1, x, freq_embed)
-        return x + self._branch(self.mlp, self.norm2, self.gamma2, x)
+        return torch.add(x, self._branch(self.mlp, self.norm2, self.gamma2, x), out=out)
+
+    def _forward_streamed(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor], overwrite: bool) -> torch.Tensor:
+        """Inference on maps larger than cache, an image at a time, with one map-sized buffer besides x
+        (one image's worth if ``overwrite``).
+
+        The heat source (norm1 and the depthwise conv) is made in row bands and made twice, for u and for the
+        gate z, instead of being kept; the DCT runs in place; each band of the output overwrites the band of
+        u it was made from (or, with ``overwrite``, of x, keeping the row the next band's conv still reads).
+        Same arithmetic per pixel as :meth:`_forward`.
+        """
+        op, (_, height, width, dim) = self.op, x.shape
+        (w_u, b_u), (w_z, b_z) = op.split_linear()
+        decay = op.decay((height, width), freq_embed)
+        bands = row_bands(height, 4 * width * dim * x.element_size())  # the MLP is 4x wider: chunked below
+        out = x if overwrite else torch.empty_like(x)
+        scratch = x.new_empty((1,) + x.shape[1:]) if overwrite else None
+        for image, image_out in zip(x.split(1), out.split(1)):
+            u = image_out if scratch is None else scratch
+            above = None  # the input row above the current band, saved before the band above was overwritten
+
+            def source(start, stop, band_start=0):
+                rows = image[:, start:stop]
+                if above is not None and start < band_start:
+                    rows = torch.cat([above, image[:, band_start:stop]], dim=1)
+                return rows if self.post_norm else self.norm1(rows)
+
+            for start, stop in bands:
+                heat_source = conv3x3_rows(op.dwconv, source, height, start, stop)
+                torch.addmm(b_u, heat_source.reshape(-1, dim), w_u.t(), out=u[:, start:stop].view(-1, dim))
+            heat_conduction_(u, decay, chunked.CHUNK_BYTES)
+            for start, stop in bands:
+                heat_source = conv3x3_rows(op.dwconv, lambda a, b: source(a, b, start), height, start, stop)
+                if overwrite:
+                    above = image[:, stop - 1:stop].clone()
+                gated = op.gate(u[:, start:stop], F.linear(heat_source, w_z, b_z))
+                self._finish(image[:, start:stop], gated, out=image_out[:, start:stop])
+        return out
+
+    def _finish(self, x: torch.Tensor, gated: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input x and the HCO's gated map (before its output linear)."""
+        if self._plain_residuals():
+            x = linear_residual(gated, self.op.out_linear, x)
+            return self.mlp(self.norm2(x), residual=x, out=out)
+        y = self.op.out_linear(gated)
+        y = self.norm1(y) if self.post_norm else y
+        x = x + self.drop_path(y if self.gamma1 is None else y * self.gamma1)
+        return torch.add(x, self._branch(self.mlp, self.norm2, self.gamma2, x), out=out)
 
 
 class HeatStage(nn.Module):
@@ -226,7 +341,10 @@ class HeatStage(nn.Module):
             block.op.fold_decay(self.freq_embed)
         del self.freq_embed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        """``overwrite_input``: in inference the blocks may write into x (see ``HeatBlock.forward``); maps
+        made inside the stage are overwritten anyway."""
+        overwrite = overwrite_input or not isinstance(self.downsample, nn.Identity)
         x = self.downsample(x)
         freq_embed = getattr(self, 'freq_embed', None)
         if freq_embed is not None:
@@ -235,7 +353,8 @@ class HeatStage(nn.Module):
             if self.use_checkpoint and x.requires_grad:
                 x = checkpoint(block, x, freq_embed, use_reentrant=False)
             else:
-                x = block(x, freq_embed)
+                x = block(x, freq_embed, overwrite=overwrite)
+            overwrite = True
         return x
 
 
@@ -371,7 +490,7 @@ class vHeat(nn.Module):
         x = self.stem(x)
         stages = self.stages if not stop_early else self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
-            x = stage(x)
+            x = stage(x, overwrite_input=i == 0)  # stage 0 may overwrite the stem's output
             if i in take:
                 feat = self.head.norm(x) if norm and i == len(self.stages) - 1 else x
                 intermediates.append(_nchw(feat) if output_fmt == 'NCHW' else feat)
@@ -393,8 +512,8 @@ class vHeat(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final-stage features, channels-last (B, H/32, W/32, C)."""
         x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        for i, stage in enumerate(self.stages):
+            x = stage(x, overwrite_input=i == 0)  # stage 0 may overwrite the stem's output
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
