@@ -212,8 +212,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
 
     CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the process's peak resident
     set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call (free heap given
-    back first), i.e. activations,
-    workspaces and anything else the call makes resident; the weights are already resident and not included.
+    back first), i.e. activations, workspaces and anything else the call makes resident; the weights are
+    already resident and not included.
     """
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
