@@ -196,15 +196,19 @@ class HeatConduction(nn.Module):
         u = self.out_norm(u)
         return u.mul_(F.silu(z, inplace=True)) if _grad_free(u) else u * F.silu(z)
 
-    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
-                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """HCO of channels-last ``x``; with ``residual``, returns ``residual + HCO(x)``."""
+    def gated(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The HCO of channels-last ``x`` up to its output linear: LayerNorm(u(t)) * SiLU(z)."""
         x = _nhwc(self.dwconv(_nchw(x)))
         # Two half-width products instead of one split: both halves come out contiguous for the DCT.
         (w_u, b_u), (w_z, b_z) = self.split_linear()
         u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
         u = heat_conduction(u, self.decay(tuple(u.shape[1:3]), freq_embed), self.dct_impl)
-        return linear_residual(self.gate(u, z), self.out_linear, residual)
+        return self.gate(u, z)
+
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """HCO of channels-last ``x``; with ``residual``, returns ``residual + HCO(x)``."""
+        return linear_residual(self.gated(x, freq_embed), self.out_linear, residual)
 
 
 class Mlp(nn.Module):
@@ -244,9 +248,9 @@ class HeatBlock(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
-    def _branch(self, branch, norm, gamma, x, *args):
-        y = norm(branch(x, *args)) if self.post_norm else branch(norm(x), *args)
-        return self.drop_path(y if gamma is None else y * gamma)
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
+        return self.drop_path(y if self.gamma2 is None else y * self.gamma2)
 
     def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
                 overwrite: bool = False) -> torch.Tensor:
@@ -267,11 +271,7 @@ class HeatBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor],
                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self._plain_residuals():
-            x = self.op(self.norm1(x), freq_embed, residual=x)
-            return self.mlp(self.norm2(x), residual=x, out=out)
-        x = x + self._branch(self.op, self.norm1, self.gamma1, x, freq_embed)
-        return torch.add(x, self._branch(self.mlp, self.norm2, self.gamma2, x), out=out)
+        return self._finish(x, self.op.gated(x if self.post_norm else self.norm1(x), freq_embed), out)
 
     def _forward_streamed(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor], overwrite: bool) -> torch.Tensor:
         """Inference on maps larger than cache, an image at a time, with one map-sized buffer besides x
@@ -310,15 +310,15 @@ class HeatBlock(nn.Module):
                 self._finish(image[:, start:stop], gated, out=image_out[:, start:stop])
         return out
 
-    def _finish(self, x: torch.Tensor, gated: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, gated: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The block's output from its input x and the HCO's gated map (before its output linear)."""
-        if self._plain_residuals():
+        if self._plain_residuals():  # each branch's last linear accumulates straight into x
             x = linear_residual(gated, self.op.out_linear, x)
             return self.mlp(self.norm2(x), residual=x, out=out)
         y = self.op.out_linear(gated)
         y = self.norm1(y) if self.post_norm else y
         x = x + self.drop_path(y if self.gamma1 is None else y * self.gamma1)
-        return torch.add(x, self._branch(self.mlp, self.norm2, self.gamma2, x), out=out)
+        return torch.add(x, self._mlp_branch(x), out=out)
 
 
 class HeatStage(nn.Module):
