@@ -1,6 +1,7 @@
 """ImageNet-style folders (``train/`` and ``val/``, one sub-folder per class) with timm's transforms and mixup."""
 import os
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -8,6 +9,8 @@ import torch.distributed as dist
 from PIL import Image
 from timm.data import Mixup, create_transform
 from torchvision.datasets import ImageFolder
+
+from . import augment  # noqa: F401  (registers the official RandAugment posterize, see augment.py)
 
 
 class DataError(RuntimeError):
@@ -47,6 +50,23 @@ def build_transform(config, is_training: bool):
                             interpolation=config.DATA.INTERPOLATION)
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Every ``num_replicas``-th index from ``rank``, in order: each image on exactly one process.
+
+    ``DistributedSampler`` pads the split to a multiple of the processes by repeating images, which would count
+    some validation images twice; here the shards differ by at most one image and the totals are summed.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int):
+        self.indices = range(rank, len(dataset), num_replicas)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed numpy and ``random`` in a loader worker from the seed torch gave it (derived from the epoch's seed)."""
     seed = torch.initial_seed() % 2 ** 32
@@ -75,8 +95,7 @@ def build_loader(config, eval_only: bool = False):
     loader_args = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and
                        torch.cuda.is_available(), worker_init_fn=seed_worker,
                        persistent_workers=False)
-    sampler_val = torch.utils.data.distributed.DistributedSampler(
-        dataset_val, num_replicas=world_size, rank=rank, shuffle=False)
+    sampler_val = ShardSampler(dataset_val, world_size, rank)
     loader_val = torch.utils.data.DataLoader(dataset_val, sampler=sampler_val, batch_size=config.DATA.BATCH_SIZE,
                                              drop_last=False, **loader_args)
     if dataset_train is None:
@@ -88,10 +107,13 @@ def build_loader(config, eval_only: bool = False):
     if len(loader_train) == 0:
         raise DataError(f'{config.DATA.DATA_PATH}/train has {len(dataset_train)} images per process '
                         f'({len(sampler_train)}), fewer than one batch of {config.DATA.BATCH_SIZE}')
-    mixup_fn = None
-    if config.AUG.MIXUP > 0 or config.AUG.CUTMIX > 0 or config.AUG.CUTMIX_MINMAX is not None:
-        mixup_fn = Mixup(mixup_alpha=config.AUG.MIXUP, cutmix_alpha=config.AUG.CUTMIX,
-                         cutmix_minmax=config.AUG.CUTMIX_MINMAX, prob=config.AUG.MIXUP_PROB,
-                         switch_prob=config.AUG.MIXUP_SWITCH_PROB, mode=config.AUG.MIXUP_MODE,
-                         label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=config.MODEL.NUM_CLASSES)
-    return dataset_train, dataset_val, loader_train, loader_val, mixup_fn
+    return dataset_train, dataset_val, loader_train, loader_val, build_mixup(config)
+
+
+def build_mixup(config) -> Optional[Mixup]:
+    """timm's batch mixup/cutmix (soft targets, label smoothing included), or None when both are off."""
+    if not (config.AUG.MIXUP > 0 or config.AUG.CUTMIX > 0 or config.AUG.CUTMIX_MINMAX is not None):
+        return None
+    return Mixup(mixup_alpha=config.AUG.MIXUP, cutmix_alpha=config.AUG.CUTMIX, cutmix_minmax=config.AUG.CUTMIX_MINMAX,
+                 prob=config.AUG.MIXUP_PROB, switch_prob=config.AUG.MIXUP_SWITCH_PROB, mode=config.AUG.MIXUP_MODE,
+                 label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=config.MODEL.NUM_CLASSES)
