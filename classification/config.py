@@ -46,7 +46,7 @@ _C.TRAIN.START_EPOCH = 0
 _C.TRAIN.EPOCHS = 300
 _C.TRAIN.WARMUP_EPOCHS = 20
 _C.TRAIN.WEIGHT_DECAY = 0.08
-_C.TRAIN.BASE_LR = 5e-4             # at a total batch of 1024, scaled linearly (see scale_learning_rates)
+_C.TRAIN.BASE_LR = 5e-4             # per 512 images per optimizer step, scaled linearly (see scale_learning_rates)
 _C.TRAIN.WARMUP_LR = 5e-7
 _C.TRAIN.MIN_LR = 5e-6
 _C.TRAIN.CLIP_GRAD = 5.0            # max gradient norm, 0 for no clipping
@@ -153,9 +153,18 @@ def get_config(args) -> CN:
     return config
 
 
+LR_REFERENCE_BATCH = 512
+
+
+def total_batch(config: CN, world_size: int) -> int:
+    """Images per optimizer step: per-process batch x processes x accumulation steps."""
+    return config.DATA.BATCH_SIZE * world_size * config.TRAIN.ACCUMULATION_STEPS
+
+
 def scale_learning_rates(config: CN, world_size: int) -> CN:
-    """Linear scaling rule: the configured rates hold for a total batch of 1024 images per optimizer step."""
-    scale = config.DATA.BATCH_SIZE * world_size * config.TRAIN.ACCUMULATION_STEPS / 1024.0
+    """The official linear scaling rule: the configured BASE_LR, WARMUP_LR and MIN_LR are per 512 images per
+    optimizer step (accumulation included), so 16 processes x 128 images give 4x the configured rates."""
+    scale = total_batch(config, world_size) / LR_REFERENCE_BATCH
     config.defrost()
     config.TRAIN.BASE_LR *= scale
     config.TRAIN.WARMUP_LR *= scale

@@ -5,6 +5,7 @@
     python classification/main.py --cfg ... --data-path DATA --eval --resume vHeat_tiny.pth [--model_ema True]
 """
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -12,6 +13,7 @@ import os
 import random
 import sys
 import time
+from typing import Optional, Tuple
 
 if __package__ in (None, ''):  # run as a script: make `classification` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,10 +24,10 @@ import torch.distributed as dist
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from timm.utils import AverageMeter, ModelEmaV3, accuracy
+from timm.utils import AverageMeter, ModelEmaV3
 from torch.utils.tensorboard import SummaryWriter
 
-from classification.config import ConfigError, get_config, scale_learning_rates
+from classification.config import ConfigError, get_config, scale_learning_rates, total_batch
 from classification.data import DataError, build_loader
 from classification.models import UnsafeCheckpointError, build_model
 from classification.models.flops import flop_count, param_count
@@ -95,68 +97,121 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
+class StepStats:
+    """Loss, gradient norm and finiteness of the steps since the last sync point, kept on the device: a step
+    needs no host synchronisation and no collective of its own. At a sync point every rank learns the first
+    step whose loss was not finite on any rank, so all stop together."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=self.device)
+        self.losses = self.norms = 0
+
+    def add_loss(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        self.loss_sum += torch.where(finite, loss, 0.0)
+        self.first_bad_step = torch.where(finite, self.first_bad_step, self.first_bad_step.clamp(max=step))
+        self.losses += 1
+
+    def add_norm(self, norm: torch.Tensor) -> None:
+        self.norm_sum += norm.detach().double()
+        self.norms += 1
+
+    def first_bad_step_of_any_rank(self) -> Optional[int]:
+        bad = self.first_bad_step.clone()
+        if dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        return None if bad.isinf().item() else int(bad.item())
+
+    def means(self) -> Tuple[float, float]:
+        return (self.loss_sum.item() / max(self.losses, 1), self.norm_sum.item() / max(self.norms, 1))
+
+
+def grad_sync(model: torch.nn.Module, sync: bool):
+    """DDP all-reduces the gradients in backward; on the micro-steps of an accumulation window that do not step
+    the optimizer it need not (``no_sync``): the window's summed gradients are all-reduced once, at its end."""
+    if sync or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
 def train_one_epoch(config, ctx, epoch):
-    """One pass over the training split: AMP, accumulation, clipping, per-step LR and EMA updates."""
+    """One pass over the training split: AMP, accumulation, clipping, per-step LR and EMA updates.
+
+    Losses and gradient norms stay on the device; every PRINT_FREQ optimizer steps (and at the epoch's last
+    batch) they are logged and the ranks agree on whether a loss was not finite (then all stop, naming the
+    step, before any checkpoint is written).
+    """
     model, optimizer, scheduler, scaler = ctx['model'], ctx['optimizer'], ctx['scheduler'], ctx['scaler']
     loader, mixup_fn, criterion, logger = ctx['loader_train'], ctx['mixup_fn'], ctx['criterion'], ctx['logger']
     accum = config.TRAIN.ACCUMULATION_STEPS
+    max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
     num_steps = len(loader)
     model.train()
     optimizer.zero_grad()
-    loss_meter, norm_meter, batch_time = AverageMeter(), AverageMeter(), AverageMeter()
-    start = end = time.time()
+    stats = StepStats(ctx['device'])
+    start = last_sync = time.time()
     for idx, (samples, targets) in enumerate(loader):
         samples = samples.to(ctx['device'], non_blocking=True)
         targets = targets.to(ctx['device'], non_blocking=True)
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
-        with torch.autocast(ctx['device'].type, dtype=ctx['amp_dtype'], enabled=ctx['amp']):
-            outputs = model(samples)
-        loss = criterion(outputs.float(), targets)
-        if not bool(reduce_mean(torch.isfinite(loss.detach()).float()) == 1):
-            raise TrainingError(f'loss is {loss.item()} at epoch {epoch} step {idx} (global step '
-                                f'{epoch * num_steps + idx}); stopped, the last checkpoint was kept')
-        scaler.scale(loss / accum).backward()
-        if (idx + 1) % accum == 0:
+        window_end = (idx + 1) % accum == 0
+        with grad_sync(model, window_end):
+            with torch.autocast(ctx['device'].type, dtype=ctx['amp_dtype'], enabled=ctx['amp']):
+                outputs = model(samples)
+            loss = criterion(outputs.float(), targets)
+            scaler.scale(loss / accum).backward()
+        stats.add_loss(loss, idx)
+        if window_end:
             scaler.unscale_(optimizer)
-            max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            stats.add_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad()
-            update = (epoch * num_steps + idx + 1) // accum
+            update = (epoch * num_steps + idx) // accum  # the official trainer's step index
             scheduler.step_update(update)
             if ctx['ema'] is not None:
                 ctx['ema'].update(ctx['model_without_ddp'], step=update)
-            norm_meter.update(grad_norm.item())
-        loss_meter.update(loss.item(), targets.size(0))
-        batch_time.update(time.time() - end)
-        end = time.time()
-        if idx % config.PRINT_FREQ == 0 or idx == num_steps - 1:
+        updates = (idx + 1) // accum
+        if (window_end and (updates == 1 or updates % config.PRINT_FREQ == 0)) or idx == num_steps - 1:
+            bad = stats.first_bad_step_of_any_rank()
+            if bad is not None:
+                raise TrainingError(f'loss is not finite at epoch {epoch} step {bad} (global step '
+                                    f'{epoch * num_steps + bad}); stopped, the last checkpoint was kept')
+            loss_avg, norm_avg = stats.means()
+            now = time.time()
+            per_batch = (now - last_sync) / max(stats.losses, 1)
             lr = optimizer.param_groups[0]['lr']
-            logger.info(f'Train: [{epoch}/{config.TRAIN.EPOCHS}][{idx}/{num_steps}]\t'
-                        f'eta {format_eta(batch_time.avg * (num_steps - idx - 1))} lr {lr:.6f}\t'
-                        f'time {batch_time.val:.4f} ({batch_time.avg:.4f})\t'
-                        f'loss {loss_meter.val:.4f} ({loss_meter.avg:.4f})\t'
-                        f'grad_norm {norm_meter.val:.4f} ({norm_meter.avg:.4f})')
+            logger.info(f'Train: [{epoch}/{config.TRAIN.EPOCHS}][{idx + 1}/{num_steps}]\t'
+                        f'eta {format_eta(per_batch * (num_steps - idx - 1))} lr {lr:.6f}\t'
+                        f'time/batch {per_batch:.4f}\tloss {loss_avg:.4f}\tgrad_norm {norm_avg:.4f}')
             if ctx['writer'] is not None:
                 step = epoch * num_steps + idx
-                ctx['writer'].add_scalar('train/loss', loss_meter.val, step)
+                ctx['writer'].add_scalar('train/loss', loss_avg, step)
                 ctx['writer'].add_scalar('train/lr', lr, step)
+            stats.reset()
+            last_sync = now
     epoch_time = time.time() - start
     images = num_steps * config.DATA.BATCH_SIZE * ctx['world_size']
     logger.info(f'EPOCH {epoch} training takes {format_eta(epoch_time)} ({images / epoch_time:.1f} images/s)')
     if ctx['writer'] is not None:
         ctx['writer'].add_scalar('train/throughput', images / epoch_time, epoch)
-        ctx['writer'].add_scalar('train/epoch_loss', loss_meter.avg, epoch)
 
 
 @torch.no_grad()
 def validate(config, ctx, model, name='model'):
-    """Top-1/top-5 accuracy (%) and loss on the val split, averaged over processes."""
+    """Top-1/top-5 accuracy (%) and loss on the val split. Each process evaluates its own shard (every image on
+    exactly one process, see ``ShardSampler``) and the sums are all-reduced once: the result and the image count
+    do not depend on the number of processes. ``model`` is never the DDP wrapper: shards may differ in length."""
     logger, loader = ctx['logger'], ctx['loader_val']
     model.eval()
-    criterion = torch.nn.CrossEntropyLoss()
     topk = (1, min(5, config.MODEL.NUM_CLASSES))
     totals = torch.zeros(4, dtype=torch.float64, device=ctx['device'])  # loss sum, top1, top5, count
     batch_time = AverageMeter()
@@ -167,10 +222,10 @@ def validate(config, ctx, model, name='model'):
         with torch.autocast(ctx['device'].type, dtype=ctx['amp_dtype'], enabled=ctx['amp']):
             output = model(images)
         output = output.float()
-        acc1, acc5 = accuracy(output, targets, topk=topk)
-        n = targets.size(0)
-        totals += torch.tensor([criterion(output, targets).item() * n, acc1.item() * n / 100,
-                                acc5.item() * n / 100, n], dtype=torch.float64, device=ctx['device'])
+        correct = output.topk(topk[1], dim=1).indices.eq(targets[:, None])
+        totals += torch.stack([torch.nn.functional.cross_entropy(output, targets, reduction='sum').double(),
+                               correct[:, :1].sum().double(), correct.sum().double(),
+                               torch.tensor(float(targets.numel()), dtype=torch.float64, device=ctx['device'])])
         batch_time.update(time.time() - end)
         end = time.time()
         if idx % config.PRINT_FREQ == 0 and idx > 0:
@@ -178,7 +233,7 @@ def validate(config, ctx, model, name='model'):
                         f'{format_eta(batch_time.avg * (len(loader) - idx - 1))}')
     if dist.is_initialized():
         dist.all_reduce(totals)
-    loss, acc1, acc5 = (totals[:3] / totals[3]).tolist()
+    loss, acc1, acc5 = (totals[:3] / totals[3].clamp(min=1)).tolist()
     acc1, acc5 = acc1 * 100, acc5 * 100
     logger.info(f' * {name}: Acc@1 {acc1:.3f} Acc@{topk[1]} {acc5:.3f} loss {loss:.4f} '
                 f'({int(totals[3].item())} images)')
@@ -207,6 +262,10 @@ def throughput(config, ctx, model):
     return rate
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
+
 def checkpoint_state(config, ctx, epoch, max_accuracy, max_accuracy_ema):
     """Everything needed to continue, as plain types (the config as YAML text)."""
     return {
@@ -228,6 +287,10 @@ def run(args):
     config = scale_learning_rates(config, world_size)
     seed_everything(config.SEED + rank)
     logger = create_logger(config.OUTPUT, rank, config.MODEL.NAME)
+    logger.info(f'total batch {total_batch(config, world_size)} = {config.DATA.BATCH_SIZE} per process x {world_size} '
+                f'processes x {config.TRAIN.ACCUMULATION_STEPS} accumulation steps; effective (per-512 rule) '
+                f'BASE_LR {config.TRAIN.BASE_LR:.6g} WARMUP_LR {config.TRAIN.WARMUP_LR:.6g} '
+                f'MIN_LR {config.TRAIN.MIN_LR:.6g}')
     if rank == 0:
         with open(os.path.join(config.OUTPUT, 'config.yaml'), 'w') as f:
             f.write(config.dump())
@@ -248,8 +311,7 @@ def run(args):
                                     betas=tuple(config.TRAIN.OPTIMIZER.BETAS))
     model_without_ddp = model
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
+        model = wrap_ddp(model, device)
     scheduler = None if eval_only else build_scheduler(config, optimizer, len(loader_train))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     writer = SummaryWriter(config.OUTPUT) if rank == 0 and not eval_only else None
@@ -292,7 +354,7 @@ def run(args):
         throughput(config, ctx, model_without_ddp)
         return
     if config.EVAL_MODE:
-        acc1, _, _ = validate(config, ctx, model)
+        acc1, _, _ = validate(config, ctx, model_without_ddp)
         logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: {acc1:.2f}%')
         if ema is not None:
             acc1_ema, _, _ = validate(config, ctx, ema.module, name='model_ema')
@@ -305,7 +367,7 @@ def run(args):
         seed_everything(config.SEED + 1000 * epoch + rank)  # data order and augmentation depend on (seed, epoch)
         loader_train.sampler.set_epoch(epoch)
         train_one_epoch(config, ctx, epoch)
-        acc1, acc5, loss = validate(config, ctx, model)
+        acc1, acc5, loss = validate(config, ctx, model_without_ddp)
         improved = acc1 > max_accuracy
         max_accuracy = max(max_accuracy, acc1)
         logger.info(f'Epoch {epoch}: accuracy {acc1:.2f}% (max {max_accuracy:.2f}%)')

@@ -133,7 +133,7 @@ def test_two_process_cpu_training_then_eval_and_throughput(launcher, tiny_data, 
     checkpoint = out_dir / 'ckpt_epoch_0.pth'
     assert checkpoint.is_file()
     # 24 training images, 2 processes x batch 4: 3 steps per process per epoch
-    assert 'Train: [0/1][2/3]' in result.stdout
+    assert 'Train: [0/1][3/3]' in result.stdout
     evaluated = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--tag', 'eval',
                          '--eval', '--resume', str(checkpoint), '--model_ema', 'True')
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -291,6 +291,5 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train
     result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', os.path.dirname(os.path.dirname(out_dir)),
                       '--pretrained', good, '--opts', 'TRAIN.AUTO_RESUME', 'False', 'TRAIN.BASE_LR', '1e30',
                       'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.CLIP_GRAD', '0.0')
-    line = assert_one_line_error(result, 'loss is', 'at epoch 0 step', 'last checkpoint was kept')
-    assert 'nan' in line or 'inf' in line
+    assert_one_line_error(result, 'loss is not finite at epoch 0 step', 'last checkpoint was kept')
     assert open(good, 'rb').read() == before
