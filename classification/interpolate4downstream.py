@@ -18,19 +18,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.models import load_checkpoint  # noqa: E402
-from classification.models.vheat import resize_map  # noqa: E402
+from classification.models.vheat import resize_freq_embed  # noqa: E402
 
 FREQ_EMBED = re.compile(r'^(?:freq_embed\.(\d+)|stages\.(\d+)\.freq_embed)$')
-
-
-def resize_freq_embed(embed: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """(H, W, C) embedding to (size, size, C)."""
-    if mode == 'bicubic':
-        return resize_map(embed, (size, size))
-    h, w = min(size, embed.shape[0]), min(size, embed.shape[1])
-    out = embed.new_zeros(size, size, embed.shape[2])
-    out[:h, :w] = embed[:h, :w]
-    return out
 
 
 def interpolate(state_dict: dict, pt_size: int, tg_size: int, mode: str) -> dict:
@@ -42,7 +32,7 @@ def interpolate(state_dict: dict, pt_size: int, tg_size: int, mode: str) -> dict
             expected = pt_size // 4 // 2 ** stage
             if tuple(value.shape[:2]) != (expected, expected):
                 raise ValueError(f'{key} is {tuple(value.shape)}, not {expected}x{expected}: is --pt_size right?')
-            value = resize_freq_embed(value, tg_size // 4 // 2 ** stage, mode)
+            value = resize_freq_embed(value, (tg_size // 4 // 2 ** stage,) * 2, mode)
         out[key] = value
     return out
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .serialization import load_checkpoint
-from .vheat import checkpoint_filter_fn, vHeat
+from .vheat import FREQ_EMBED_RESIZE, checkpoint_filter_fn, vHeat
 
 _logger = logging.getLogger(__name__)
 
@@ -21,15 +21,21 @@ class vHeatBackbone(vHeat):
         out_indices: stages whose outputs are returned; later stages are dropped.
         frozen_stages: -1 trains everything; 0 freezes the stem; i > 0 also freezes stages 0..i-1
             (kept in eval mode so their dropout/drop path stay off).
+        freq_embed_resize: how ``load_pretrained`` brings pretrained frequency embeddings to ``img_size``:
+            'zero' (the official downstream initialisation: zero-padded) or 'bicubic'.
         **kwargs: vHeat arguments (``num_classes`` is forced to 0: no classifier). ``img_size`` sets the
             frequency-embedding resolution that pretrained weights are resized to; any input size runs.
     """
 
-    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, **kwargs):
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 freq_embed_resize: str = 'zero', **kwargs):
+        if freq_embed_resize not in FREQ_EMBED_RESIZE:
+            raise ValueError(f'freq_embed_resize must be one of {FREQ_EMBED_RESIZE}, got {freq_embed_resize!r}')
         kwargs['num_classes'] = 0
         super().__init__(**kwargs)
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
+        self.freq_embed_resize = freq_embed_resize
         self.prune_intermediate_layers(list(self.out_indices), prune_head=True)
         del self.head  # the head's LayerNorm only serves the classifier; each output has its own norm
         self.out_norms = nn.ModuleList(
@@ -60,10 +66,10 @@ class vHeatBackbone(vHeat):
 
     def load_pretrained(self, path: str) -> nn.modules.module._IncompatibleKeys:
         """Load a classification checkpoint (official or ours): classifier dropped, frequency embeddings
-        resized to this model's ``img_size``; missing/unexpected keys are logged and returned."""
+        brought to this model's ``img_size`` (``freq_embed_resize``); missing/unexpected keys are logged and returned."""
         checkpoint = load_checkpoint(path)
         state_dict = checkpoint.get('model', checkpoint.get('state_dict', checkpoint))
-        state_dict = checkpoint_filter_fn(state_dict, self)
+        state_dict = checkpoint_filter_fn(state_dict, self, self.freq_embed_resize)
         dropped = [k for k in state_dict if k.startswith('head.')]
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
         result = self.load_state_dict(state_dict, strict=False)

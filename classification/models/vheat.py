@@ -42,6 +42,26 @@ def resize_map(t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return resized[0].permute(1, 2, 0).to(t.dtype)
 
 
+FREQ_EMBED_RESIZE = ('bicubic', 'zero')
+
+
+def resize_freq_embed(embed: torch.Tensor, size: Tuple[int, int], mode: str = 'bicubic') -> torch.Tensor:
+    """A stage's (H, W, C) frequency embedding at another resolution.
+
+    ``bicubic`` stretches it (what any input size does on the fly). ``zero`` is the official downstream
+    initialisation (``interpolate4downstream.py``): the embedding keeps its values at the low frequencies (top-left)
+    and the new high frequencies start at zero; a smaller target keeps the top-left corner.
+    """
+    if mode == 'bicubic':
+        return resize_map(embed, size)
+    if mode != 'zero':
+        raise ValueError(f'frequency embedding resize mode must be one of {FREQ_EMBED_RESIZE}, got {mode!r}')
+    out = embed.new_zeros(tuple(size) + embed.shape[2:])
+    height, width = min(size[0], embed.shape[0]), min(size[1], embed.shape[1])
+    out[:height, :width] = embed[:height, :width]
+    return out
+
+
 def _grad_free(t: torch.Tensor) -> bool:
     """True when autograd does not track ``t``: in-place updates are then safe and save an allocation."""
     return not (torch.is_grad_enabled() and t.requires_grad)
@@ -549,11 +569,13 @@ def _rename_official_key(key: str) -> str:
     return key
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
+                         freq_embed_resize: str = 'bicubic') -> Dict[str, torch.Tensor]:
     """Convert a vHeat state dict (official or ours, training or inference layout) for ``model``.
 
     - official names are mapped to ours, and 1x1-conv MLP weights become Linear weights;
-    - frequency embeddings of another resolution are resized bicubically to the model's;
+    - frequency embeddings of another resolution are resized to the model's (``freq_embed_resize``, see
+      :func:`resize_freq_embed`);
     - a training-layout checkpoint loaded into an inference-layout model gets its decay folded into ``k_exp``.
     """
     if 'model' in state_dict and isinstance(state_dict['model'], dict):
@@ -574,8 +596,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat) -> D
     for i, stage in enumerate(model.stages):
         key = f'stages.{i}.freq_embed'
         if key in out and hasattr(stage, 'freq_embed') and out[key].shape != stage.freq_embed.shape:
-            _logger.info('Resizing %s from %s to %s', key, tuple(out[key].shape), tuple(stage.freq_embed.shape))
-            out[key] = resize_map(out[key], tuple(stage.freq_embed.shape[:2]))
+            _logger.info('Resizing %s from %s to %s (%s)', key, tuple(out[key].shape), tuple(stage.freq_embed.shape),
+                         freq_embed_resize)
+            out[key] = resize_freq_embed(out[key], tuple(stage.freq_embed.shape[:2]), freq_embed_resize)
         if key in out and model.infer_mode:
             _fold_decay_into_state_dict(out, i, stage)
     return out

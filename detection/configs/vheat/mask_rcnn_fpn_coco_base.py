@@ -1,4 +1,4 @@
-# Mask R-CNN + FPN with vHeat-B, COCO 1x (paper: box AP 47.7, mask AP 43.0).
+# Mask R-CNN + FPN with vHeat-B, COCO 1x: the official run (published box AP 47.7, mask AP 43.0).
 _base_ = ['./mask_rcnn_fpn_coco_tiny.py']
 
 pretrained = 'checkpoints/vHeat_base.pth'

@@ -1,4 +1,4 @@
-# Mask R-CNN + FPN with vHeat-S, COCO 1x (paper: box AP 46.8, mask AP 42.3).
+# Mask R-CNN + FPN with vHeat-S, COCO 1x: the official run (published box AP 46.8, mask AP 42.3).
 _base_ = ['./mask_rcnn_fpn_coco_tiny.py']
 
 pretrained = 'checkpoints/vHeat_small.pth'

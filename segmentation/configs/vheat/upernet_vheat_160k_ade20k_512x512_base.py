@@ -1,4 +1,4 @@
-# UperNet with vHeat-B, ADE20K 512x512, 160k iterations (paper: mIoU 49.6).
+# UperNet with vHeat-B, ADE20K 512x512, 160k iterations: the official run (published mIoU 49.6).
 _base_ = ['./upernet_vheat_160k_ade20k_512x512_tiny.py']
 
 pretrained = 'checkpoints/vHeat_base.pth'
