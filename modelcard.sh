@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The paper's runs of vHeat-T, -S and -B, 8 GPUs each:
-#   bash modelcard.sh tiny|small|base train|eval|throughput      ImageNet-1K (batch 128 per GPU = 1024)
+# The paper's runs of vHeat-T, -S and -B, as the official model card has them:
+#   bash modelcard.sh tiny|small|base train|eval|throughput      ImageNet-1K: 16 GPUs x 128 images (2048, lr 2e-3)
+#     GPUS=8 (or 4, 2, 1) keeps the total batch of 2048 with 16/GPUS accumulation steps, so the same learning rate
 #   bash modelcard.sh tiny|small|base det_train|det_test           Mask R-CNN 1x on COCO
 #   bash modelcard.sh tiny|small det3x_train|det3x_test            Mask R-CNN 3x multi-scale on COCO
 #   bash modelcard.sh tiny|small|base seg_train|seg_test           UperNet 160k on ADE20K (seg_test adds --tta)
-# Downstream configs read data/coco and data/ade (see README, Downstream) and write work_dirs/<config name>/.
+# Downstream (8 GPUs x 2 images, as officially) configs read data/coco and data/ade (see README, Downstream) and
+# write work_dirs/<config name>/.
 # DATA (default /dataset/ImageNet2012, with train/ and val/), OUTPUT (default /tmp) and CKPT_DIR (where the
 # released vHeat_tiny.pth, vHeat_small.pth, vHeat_base.pth are; default .) override the paths.
 # Published ImageNet-1K top-1: vHeat-T 82.2, vHeat-S 83.6, vHeat-B 83.9.
@@ -16,12 +18,14 @@ case "$size" in tiny|small|base) ;; *) echo "unknown model size: $size" >&2; exi
 data=${DATA:-/dataset/ImageNet2012}
 output=${OUTPUT:-/tmp}
 cfg=classification/configs/vHeat/vHeat_${size}_224.yaml
-launch=(python -m torch.distributed.launch --nnodes=1 --node_rank=0 --nproc_per_node=8
-        --master_addr="127.0.0.1" --master_port=29501)
+gpus=${GPUS:-16}
+case "$gpus" in 1|2|4|8|16) ;; *) echo "GPUS must divide 16 (the official 16 x 128 images), got $gpus" >&2; exit 2 ;; esac
+launch=(torchrun --nnodes=1 --nproc_per_node="$gpus" --master_addr="127.0.0.1" --master_port=29501)
 case "$action" in
   train)
     set -x
-    "${launch[@]}" classification/main.py --cfg "$cfg" --batch-size 128 --data-path "$data" --output "$output" ;;
+    "${launch[@]}" classification/main.py --cfg "$cfg" --batch-size 128 --accumulation-steps $((16 / gpus)) \
+      --data-path "$data" --output "$output" ;;
   eval)
     set -x
     "${launch[@]}" classification/main.py --cfg "$cfg" --batch-size 128 --data-path "$data" --output "$output" \
