@@ -39,7 +39,7 @@ _C.MODEL.VHEAT.DEPTHS = [2, 2, 6, 2]
 _C.MODEL.VHEAT.MLP_RATIO = 4.0
 _C.MODEL.VHEAT.POST_NORM = False
 _C.MODEL.VHEAT.LAYER_SCALE = None   # initial value of the branch scales, None for none
-_C.MODEL.VHEAT.DCT_IMPL = 'auto'
+_C.MODEL.VHEAT.DCT_IMPL = 'matmul'     # or 'fft' (see classification/models/dct.py)
 
 _C.TRAIN = CN()
 _C.TRAIN.START_EPOCH = 0
@@ -82,6 +82,8 @@ _C.MODEL_EMA = True
 _C.MODEL_EMA_DECAY = 0.9999
 _C.AMP_ENABLE = True                # autocast on CUDA (CPU runs in float32)
 _C.AMP_DTYPE = 'float16'            # or 'bfloat16'
+_C.COMPILE = False                  # torch.compile the network for training and evaluation
+_C.CPU_STREAMING = False            # CPU inference (evaluation, throughput) through the streaming engine
 _C.OUTPUT = ''
 _C.TAG = 'default'
 _C.SAVE_FREQ = 1                    # keep ckpt_epoch_N.pth every SAVE_FREQ epochs (ckpt_latest.pth every epoch)
@@ -141,6 +143,10 @@ def get_config(args) -> CN:
         config.TRAIN.USE_CHECKPOINT = True
     if getattr(args, 'disable_amp', False):
         config.AMP_ENABLE = False
+    if getattr(args, 'compile', False):
+        config.COMPILE = True
+    if getattr(args, 'cpu_streaming', False):
+        config.CPU_STREAMING = True
     config.EVAL_MODE = bool(getattr(args, 'eval', False))
     config.THROUGHPUT_MODE = bool(getattr(args, 'throughput', False))
     config.LOCAL_RANK = int(getattr(args, 'local_rank', 0) or 0)

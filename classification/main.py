@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from classification.config import ConfigError, get_config, scale_learning_rates, total_batch
 from classification.data import DataError, build_loader
-from classification.models import UnsafeCheckpointError, build_model
+from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
 from classification.utils import (CheckpointError, auto_resume_file, create_logger, init_distributed,
                                   load_weights, read_checkpoint, reduce_mean, save_checkpoint)
@@ -58,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument('--accumulation-steps', type=int, help='gradient accumulation steps')
     parser.add_argument('--use-checkpoint', action='store_true', help='gradient checkpointing to save memory')
     parser.add_argument('--disable_amp', action='store_true', help='no mixed precision')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the network (training and evaluation)')
+    parser.add_argument('--cpu-streaming', action='store_true',
+                        help='CPU inference through the streaming engine (enable_cpu_streaming)')
     parser.add_argument('--output', type=str, help='root of the outputs: <output>/<MODEL.NAME>/<tag>/')
     parser.add_argument('--tag', help='tag of the experiment')
     parser.add_argument('--eval', action='store_true', help='evaluate on val only')
@@ -242,9 +245,12 @@ def validate(config, ctx, model, name='model'):
 
 @torch.no_grad()
 def throughput(config, ctx, model):
-    """Inference images/s at the configured batch size, after ``infer_init`` (precomputed decay maps)."""
+    """Inference images/s at the configured batch size, after ``infer_init`` (precomputed decay maps); compiled
+    with ``--compile``, through the streaming engine with ``--cpu-streaming`` on CPU."""
     model = copy.deepcopy(model).eval()
     model.infer_init()
+    if config.COMPILE:
+        model = torch.compile(model)
     images, _ = next(iter(ctx['loader_val']))
     images = images.to(ctx['device'])
     warmup, timed = (50, 30) if ctx['device'].type == 'cuda' else (3, 10)
@@ -258,7 +264,8 @@ def throughput(config, ctx, model):
     if ctx['device'].type == 'cuda':
         torch.cuda.synchronize()
     rate = timed * images.size(0) / (time.time() - start)
-    ctx['logger'].info(f'batch_size {images.size(0)} throughput {rate:.1f} images/s')
+    engine = ' (CPU streaming engine)' if config.CPU_STREAMING and ctx['device'].type == 'cpu' else ''
+    ctx['logger'].info(f'batch_size {images.size(0)} throughput {rate:.1f} images/s{engine}')
     return rate
 
 
@@ -303,6 +310,8 @@ def run(args):
     logger.info(f'number of params: {param_count(model) / 1e6:.3f}M')
     logger.info(f'number of GFLOPs: {flop_count(model, (1, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)) / 1e9:.4f}'
                 f' at {config.DATA.IMG_SIZE}x{config.DATA.IMG_SIZE}')
+    if config.CPU_STREAMING:
+        enable_cpu_streaming(model)  # CPU inference only; training steps and other devices run the reference
     amp = config.AMP_ENABLE and device.type == 'cuda'
     amp_dtype = getattr(torch, config.AMP_DTYPE)
     ema = ModelEmaV3(model, decay=config.MODEL_EMA_DECAY) if config.MODEL_EMA else None
@@ -312,10 +321,16 @@ def run(args):
     model_without_ddp = model
     if world_size > 1:
         model = wrap_ddp(model, device)
+    eval_model, ema_eval_model = model_without_ddp, ema.module if ema is not None else None
+    if config.COMPILE:
+        model, eval_model = torch.compile(model), torch.compile(model_without_ddp)
+        ema_eval_model = torch.compile(ema.module) if ema is not None else None
+        logger.info('torch.compile: training and evaluation run compiled (the first steps compile)')
     scheduler = None if eval_only else build_scheduler(config, optimizer, len(loader_train))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     writer = SummaryWriter(config.OUTPUT) if rank == 0 and not eval_only else None
-    ctx = dict(model=model, model_without_ddp=model_without_ddp, ema=ema, optimizer=optimizer, scheduler=scheduler,
+    ctx = dict(model=model, model_without_ddp=model_without_ddp, eval_model=eval_model, ema=ema,
+               ema_eval_model=ema_eval_model, optimizer=optimizer, scheduler=scheduler,
                scaler=scaler, loader_train=loader_train, loader_val=loader_val, mixup_fn=mixup_fn,
                criterion=build_criterion(config, mixup_fn), logger=logger, device=device, amp=amp,
                amp_dtype=amp_dtype, world_size=world_size, writer=writer)
@@ -354,10 +369,10 @@ def run(args):
         throughput(config, ctx, model_without_ddp)
         return
     if config.EVAL_MODE:
-        acc1, _, _ = validate(config, ctx, model_without_ddp)
+        acc1, _, _ = validate(config, ctx, eval_model)
         logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: {acc1:.2f}%')
         if ema is not None:
-            acc1_ema, _, _ = validate(config, ctx, ema.module, name='model_ema')
+            acc1_ema, _, _ = validate(config, ctx, ema_eval_model, name='model_ema')
             logger.info(f'Accuracy of the EMA network on the {len(dataset_val)} test images: {acc1_ema:.2f}%')
         return
 
@@ -367,7 +382,7 @@ def run(args):
         seed_everything(config.SEED + 1000 * epoch + rank)  # data order and augmentation depend on (seed, epoch)
         loader_train.sampler.set_epoch(epoch)
         train_one_epoch(config, ctx, epoch)
-        acc1, acc5, loss = validate(config, ctx, model_without_ddp)
+        acc1, acc5, loss = validate(config, ctx, eval_model)
         improved = acc1 > max_accuracy
         max_accuracy = max(max_accuracy, acc1)
         logger.info(f'Epoch {epoch}: accuracy {acc1:.2f}% (max {max_accuracy:.2f}%)')
@@ -376,7 +391,7 @@ def run(args):
             writer.add_scalar('val/acc5', acc5, epoch)
             writer.add_scalar('val/loss', loss, epoch)
         if ema is not None:
-            acc1_ema, _, _ = validate(config, ctx, ema.module, name='model_ema')
+            acc1_ema, _, _ = validate(config, ctx, ema_eval_model, name='model_ema')
             max_accuracy_ema = max(max_accuracy_ema, acc1_ema)
             logger.info(f'Epoch {epoch}: EMA accuracy {acc1_ema:.2f}% (max {max_accuracy_ema:.2f}%)')
             if writer is not None:

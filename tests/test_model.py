@@ -6,9 +6,7 @@ import pytest
 import timm
 import torch
 
-from classification.models import chunked, vHeat
-from classification.models import vheat as vheat_module
-from classification.models.vheat import linear_residual
+from classification.models import cpu_streaming, disable_cpu_streaming, enable_cpu_streaming, vHeat
 from classification.models.flops import flop_count, param_count
 
 from conftest import FIXTURES
@@ -159,67 +157,130 @@ def test_bad_arguments_are_refused():
         vHeat(depths=[1, 1, 1, 1], dims=8)(torch.randn(3, 32, 32))
 
 
+SMALL = dict(depths=[1, 1, 2, 1], dims=16, num_classes=10, img_size=64)
+
+
 @torch.no_grad()
-def test_inference_fast_path_matches_autograd_path(official_io, official_checkpoint):
-    """In-place and fused-residual code (no autograd) and the plain path (autograd) give the same logits."""
+def test_timm_feature_and_head_api():
+    """What timm's model checks ask of a classifier: NHWC features declared as such, pre-logits, removable
+    classifier and pooling."""
+    model = vHeat(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 96)
+    assert model.output_fmt == 'NHWC'
+    features = model.forward_features(x)
+    assert features.shape == (2, 2, 3, 128) and model.num_features == model.head_hidden_size == 128
+    assert model.forward_head(features, pre_logits=True).shape == (2, 128)
+    model.reset_classifier(0)
+    assert model.num_classes == 0 and model(x).shape == (2, 128)
+    model.reset_classifier(0, '')
+    assert model(x).shape == (2, 2, 3, 128)
+    assert vHeat(**dict(SMALL, num_classes=0), global_pool='').eval()(x).shape == (2, 2, 3, 128)
+    with pytest.raises(ValueError, match='global_pool'):
+        model.reset_classifier(0, 'max')
+
+
+def _fx(model):
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    return create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                    tracer_kwargs=tracer_kwargs)
+
+
+@pytest.mark.parametrize('variant', [dict(post_norm=False), dict(post_norm=True, layer_scale=1e-1)])
+def test_torch_fx_forward_is_exact_and_backward_reaches_every_parameter(variant):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 80)
+    model = vHeat(**SMALL, **variant).eval()
+    with torch.inference_mode():
+        traced = _fx(model)
+        assert torch.equal(next(iter(traced(x).values())), model(x))
+    model = vHeat(**SMALL, **variant, drop_path_rate=0.0).train()
+    traced = _fx(model)
+    next(iter(traced(x).values())).logsumexp(1).sum().backward()
+    missing = [n for n, p in traced.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == [] and len(list(traced.parameters())) == len(list(model.parameters()))
+
+
+@torch.no_grad()
+def test_torchscript_of_the_model_and_of_its_fx_graph(official_io, official_checkpoint):
     model = _official_model(official_io, official_checkpoint)
-    fast = model(official_io['input'])
-    with torch.enable_grad():
-        tracked = model(official_io['input'].requires_grad_())
-    assert tracked.requires_grad
-    assert (fast - tracked).abs().max() <= 1e-5
+    x = official_io['input']
+    scripted = torch.jit.script(model)
+    assert (scripted(x) - official_io['logits']).abs().max() <= 1e-4
+    assert torch.equal(next(iter(torch.jit.script(_fx(model))(x).values())), model(x))
+    model.infer_init()
+    assert (torch.jit.script(model)(x) - official_io['logits_infer']).abs().max() <= 1e-4
 
 
-def test_fused_residual_keeps_full_precision_under_autocast():
-    linear = torch.nn.Linear(8, 8)
-    x, residual = torch.randn(2, 4, 4, 8), torch.randn(2, 4, 4, 8)
-    assert torch.allclose(linear_residual(x, linear, residual), residual + linear(x), atol=1e-6)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        fused = linear_residual(x, linear, residual)
-        plain = residual + linear(x)
-    assert fused.dtype == plain.dtype == torch.float32
-    assert torch.equal(fused, plain)
+def _recorded(monkeypatch, calls):
+    for name in ('in_image_groups', 'conv3x3_rows', 'heat_conduction_'):
+        plain = getattr(cpu_streaming, name)
+        monkeypatch.setattr(cpu_streaming, name, lambda *args, _f=plain, _n=name: calls.append(_n) or _f(*args))
 
 
 @pytest.mark.parametrize('variant', [dict(post_norm=False), dict(post_norm=True, layer_scale=1e-1)])
 @pytest.mark.parametrize('images_per_group', [2, 0.5])
 @torch.no_grad()
-def test_inference_in_pieces_matches_whole_batch(monkeypatch, variant, images_per_group):
-    """The CPU inference paths change no output: stem and blocks a few images at a time (2), or an image at a
-    time in row bands with the DCT in place (0.5); MLPs in row chunks."""
+def test_cpu_streaming_gives_the_reference_outputs(monkeypatch, variant, images_per_group):
+    """The engine changes no output: stem and blocks a few images at a time (2), or one image at a time in row
+    bands with the DCT in place (0.5); MLPs in row chunks (budgets forced tiny)."""
     torch.manual_seed(0)
-    model = vHeat(depths=[1, 1, 2, 1], dims=16, num_classes=10, img_size=64, **variant).eval()
+    model = vHeat(**SMALL, **variant).eval()
     x = torch.randn(5, 3, 64, 80)
-    monkeypatch.setattr(chunked, 'MIN_CHUNKED_BYTES', 1 << 40)
-    monkeypatch.setattr(chunked, 'GROUP_BYTES', 1 << 40)
-    whole = model(x)
+    reference = model(x)
     calls = []
-    for name in ('in_image_groups', 'conv3x3_rows', 'heat_conduction_'):
-        plain = getattr(vheat_module, name)
-        monkeypatch.setattr(vheat_module, name, lambda *args, _f=plain, _n=name: calls.append(_n) or _f(*args))
-    monkeypatch.setattr(chunked, 'MIN_CHUNKED_BYTES', 0)
-    monkeypatch.setattr(chunked, 'GROUP_BYTES', int(images_per_group * 16 * 20 * 16 * 4))  # stride-4 maps
-    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 3 * 20 * 64 * 4)  # 3 rows of a stride-4 map's MLP
-    pieces = model(x)
+    _recorded(monkeypatch, calls)
+    monkeypatch.setattr(cpu_streaming, 'MIN_CHUNKED_BYTES', 0)
+    monkeypatch.setattr(cpu_streaming, 'GROUP_BYTES', int(images_per_group * 16 * 20 * 16 * 4))  # stride-4 maps
+    monkeypatch.setattr(cpu_streaming, 'CHUNK_BYTES', 3 * 20 * 64 * 4)  # 3 rows of a stride-4 map's MLP
+    assert model(x).equal(reference) and calls == []  # off unless switched on
+    assert enable_cpu_streaming(model) is model
+    streamed = model(x)
     if images_per_group > 1:
         assert set(calls) == {'in_image_groups'}
     else:  # the later stages' maps are small enough for groups again
         assert set(calls) == {'conv3x3_rows', 'heat_conduction_', 'in_image_groups'}
-    assert (pieces - whole).abs().max() <= 1e-5
+    assert (streamed - reference).abs().max() <= 1e-5
     stem_out = model.stem(x)
     kept = stem_out.clone()
     stage_out = model.stages[0](stem_out)
     assert torch.equal(stem_out, kept)  # a stage writes into its input only when told it may
-    assert torch.equal(model.stages[0](stem_out, overwrite_input=True), stage_out)
+    assert torch.equal(model.stages[0].stream(stem_out, overwrite_input=True), stage_out)
+    with torch.enable_grad():  # autograd on: the reference forward, whatever the switch says
+        calls.clear()
+        tracked = model(x.requires_grad_())
+        assert tracked.requires_grad and calls == [] and (tracked - reference).abs().max() <= 1e-5
+    assert disable_cpu_streaming(model)(x).equal(reference)
 
 
-def test_chunked_mlp_equals_plain_mlp(monkeypatch):
-    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 7 * 32 * 4)  # 7 rows a chunk: 20 chunks and a ragged last one
-    fc1, fc2 = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
-    x, residual = torch.randn(2, 5, 14, 8), torch.randn(2, 5, 14, 8)
+@torch.no_grad()
+def test_cpu_streaming_of_an_inference_layout_at_another_size(monkeypatch, official_io, official_checkpoint):
+    """Resized decay maps are kept per size and follow new weights."""
+    monkeypatch.setattr(cpu_streaming, 'GROUP_BYTES', 16 * 24 * 24 * 4 // 2)
+    model = _official_model(official_io, official_checkpoint)
+    model.infer_init()
+    x = torch.randn(2, 3, 96, 96)
+    reference = model(x)
+    enable_cpu_streaming(model)
+    assert (model(x) - reference).abs().max() <= 1e-5
+    other = vHeat(**official_io['kwargs'], infer_mode=True).eval()
+    model.load_state_dict(other.state_dict())
+    assert (model(x) - other(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize('module', ['stem', 'stages.0', 'stages.2.downsample', 'stages.2.blocks.0',
+                                    'stages.2.blocks.1'])
+def test_cpu_streaming_runs_hooks_and_keeps_what_they_see(monkeypatch, module):
+    """A hooked module's input and output stay as the hook saw them, though the engine reuses other maps."""
+    monkeypatch.setattr(cpu_streaming, 'GROUP_BYTES', 0)
+    model = enable_cpu_streaming(vHeat(**SMALL).eval())
+    seen = []
+    model.get_submodule(module).register_forward_hook(
+        lambda m, args, out: seen.append((args[0].clone(), args[0], out.clone(), out)))
     with torch.no_grad():
-        plain = fc2(torch.nn.functional.gelu(fc1(x)))
-        out = torch.full_like(x, float('nan'))
-        assert chunked.chunked_mlp(x, fc1, fc2, residual, out=out) is out
-        assert torch.allclose(out, residual + plain, atol=1e-6)
-        assert torch.allclose(chunked.chunked_mlp(x, fc1, fc2), plain, atol=1e-6)
+        model(torch.randn(2, 3, 64, 64))
+    assert len(seen) == 1
+    copy_in, kept_in, copy_out, kept_out = seen[0]
+    assert torch.equal(copy_in, kept_in) and torch.equal(copy_out, kept_out)

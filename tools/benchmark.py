@@ -1,14 +1,19 @@
 """Speed of vHeat-T against timm's Swin-T and ConvNeXt-T, measured in one process, interleaved.
 
     python tools/benchmark.py                 # inference (b16@224, b4@512) and training step (b8@224)
-    python tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (sets FFT_MIN_SIZE)
+    python tools/benchmark.py --compile       # the same, each model also under torch.compile, in the same run
+    python tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (choose dct_impl)
     python tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, peak memory, GFLOPs, growth exponents
+
+On CPU, inference is timed for vHeat-T as it is and with the CPU streaming engine switched on
+(``enable_cpu_streaming``), which is what a CPU deployment should use; training always runs the reference model.
 
 Every model gets the same random input. Rounds are interleaved (one timed call of each model per round)
 so that drift of the machine (thermal, other load) hits all models alike; the median round is reported.
 On CUDA the timings use CUDA events after a synchronisation; on CPU, ``time.perf_counter``.
 """
 import argparse
+import copy
 import ctypes
 import json
 import os
@@ -25,15 +30,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm  # noqa: E402
 
-import classification.models  # noqa: E402,F401  (registers vheat_* with timm)
-from classification.models.dct import choose_dct_impl, dct2d  # noqa: E402
+from classification.models import enable_cpu_streaming  # noqa: E402  (the import registers vheat_* with timm)
+from classification.models.dct import dct2d  # noqa: E402
 from classification.models.flops import flop_count  # noqa: E402
 
-PEERS = {
+MODELS = {
     'vheat_tiny': 'vHeat-T',
     'swin_tiny_patch4_window7_224': 'Swin-T',
     'convnext_tiny': 'ConvNeXt-T',
 }
+STREAMING, COMPILED = ' streaming', ' compiled'
 
 
 def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -74,19 +80,30 @@ def create(name: str, img_size: int, device: torch.device) -> torch.nn.Module:
     return timm.create_model(name, **kwargs).to(device)
 
 
+def variants(model: torch.nn.Module, label: str, args, device: torch.device, inference: bool) -> Dict:
+    """The model under its label, and, where they apply, its CPU-streaming and compiled versions (copies)."""
+    out = {label: model}
+    if inference and label.startswith('vHeat') and device.type == 'cpu':
+        out[label + STREAMING] = enable_cpu_streaming(copy.deepcopy(model))
+    if args.compile:
+        out[label + COMPILED] = torch.compile(copy.deepcopy(model))
+    return out
+
+
 def inference_speed(args, device, img_size: int, batch: int) -> Dict[str, float]:
-    """Images/s of each model in ``torch.inference_mode`` (vHeat also after ``infer_init``)."""
+    """Images/s of each model in ``torch.inference_mode`` (vHeat after ``infer_init``)."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     tasks = {}
-    for name in PEERS:
+    for name, label in MODELS.items():
         model = create(name, img_size, device).eval()
         if name.startswith('vheat'):
             model.infer_init()
-        tasks[name] = (lambda m: lambda: m(x))(model)
+        for variant, m in variants(model, label, args, device, inference=True).items():
+            tasks[variant] = (lambda m: lambda: m(x))(m)
     with torch.inference_mode():
         secs = interleaved(tasks, args.rounds, args.warmup, device)
-    return {name: batch / s for name, s in secs.items()}
+    return {label: batch / s for label, s in secs.items()}
 
 
 def training_speed(args, device, img_size: int, batch: int) -> Dict[str, float]:
@@ -95,59 +112,66 @@ def training_speed(args, device, img_size: int, batch: int) -> Dict[str, float]:
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     tasks = {}
-    for name in PEERS:
-        model = create(name, img_size, device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for name, label in MODELS.items():
+        for variant, model in variants(create(name, img_size, device).train(), label, args, device,
+                                       inference=False).items():
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def step(m=model, o=opt):
-            o.zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), y).backward()
-            o.step()
-        tasks[name] = step
+            def step(m=model, o=opt):
+                o.zero_grad(set_to_none=True)
+                F.cross_entropy(m(x), y).backward()
+                o.step()
+            tasks[variant] = step
     secs = interleaved(tasks, args.rounds, args.warmup, device)
-    return {name: batch / s for name, s in secs.items()}
+    return {label: batch / s for label, s in secs.items()}
 
 
 def report(title: str, speeds: Dict[str, float]) -> Dict[str, float]:
-    """Print images/s and vHeat-T's ratio to each peer; return the ratios."""
+    """Print images/s, and each vHeat-T variant's ratio to the peers run the same way (eager or compiled)."""
     print(f'\n{title}')
     ratios = {}
-    for name, ips in speeds.items():
-        line = f'  {PEERS[name]:<11} {ips:8.2f} img/s'
-        if name != 'vheat_tiny':
-            ratios[PEERS[name]] = speeds['vheat_tiny'] / ips
-            line += f'   vHeat-T / {PEERS[name]} = {ratios[PEERS[name]]:.2f}x'
+    for label, ips in speeds.items():
+        line = f'  {label:<22} {ips:8.2f} img/s'
+        if label.startswith('vHeat'):
+            mode = COMPILED if label.endswith(COMPILED) else ''
+            for peer in MODELS.values():
+                if not peer.startswith('vHeat') and peer + mode in speeds:
+                    ratios[f'{label} / {peer + mode}'] = ips / speeds[peer + mode]
+                    line += f'   {ips / speeds[peer + mode]:.2f}x {peer + mode}'
         print(line)
     return ratios
 
 
 def dct_sweep(args, device) -> None:
-    """Time one 2-D DCT + inverse pair of a (B, N, N, C) map with each implementation."""
+    """Time one 2-D DCT + inverse pair of a (B, N, N, C) map with each implementation, to choose ``dct_impl``."""
     print('\nDCT2D + IDCT2D, ms per pair (batch %d, %d channels)' % (args.batch_size, 96))
     print(f'  {"N":>5} {"matmul":>9} {"fft":>9}  faster')
+    fft_faster = []
     for n in (7, 14, 28, 56, 64, 96, 112, 128, 192, 256):
         x = torch.randn(args.batch_size, n, n, 96, device=device)
         tasks = {impl: (lambda i: lambda: dct2d(dct2d(x, i), i, inverse=True))(impl) for impl in ('matmul', 'fft')}
         with torch.inference_mode():
             secs = interleaved(tasks, args.rounds, args.warmup, device)
         faster = min(secs, key=secs.get)
+        fft_faster.append(faster == 'fft')
         print(f'  {n:>5} {secs["matmul"] * 1e3:9.2f} {secs["fft"] * 1e3:9.2f}  {faster}')
+    print("dct_impl='fft' pays on this device only if the sizes where it is faster dominate your feature maps"
+          if any(fft_faster) else "dct_impl='matmul' (the default) was faster at every size here")
 
 
 SWEEP_SIZES = (224, 384, 512, 768, 1024)
 SWEEP_MODELS = {  # label: (timm name, create kwargs)
-    'vHeat-T matmul': ('vheat_tiny', dict(dct_impl='matmul')),
+    'vHeat-T': ('vheat_tiny', {}),
+    'vHeat-T streaming': ('vheat_tiny', {}),  # CPU only: enable_cpu_streaming
     'vHeat-T fft': ('vheat_tiny', dict(dct_impl='fft')),
-    'vHeat-T auto': ('vheat_tiny', dict(dct_impl='auto')),
     'DeiT-S': ('deit_small_patch16_224', {}),
     'Swin-T': ('swin_tiny_patch4_window7_224', {}),
     'ConvNeXt-T': ('convnext_tiny', {}),
 }
 QUICK_SIZES = {'Swin-T': (224, 512, 1024), 'ConvNeXt-T': (224, 512, 1024)}
-# fvcore does not count FFTs, so the FFT and auto paths would be undercounted: FLOPs of vHeat-T are the
-# matmul path's (the paper's count), which the other two paths share outside the DCT. fvcore does not count
-# fused attention either: see ``counted_flops``.
-FLOP_LABELS = ('vHeat-T matmul', 'DeiT-S', 'Swin-T', 'ConvNeXt-T')
+# fvcore does not count FFTs: FLOPs of vHeat-T are the matrix DCT's (the paper's count), which the streaming
+# engine computes too. fvcore does not count fused attention either: see ``counted_flops``.
+FLOP_LABELS = ('vHeat-T', 'DeiT-S', 'Swin-T', 'ConvNeXt-T')
 
 
 def sized_model(name: str, kwargs: Dict, img_size: int) -> torch.nn.Module:
@@ -238,24 +262,15 @@ def growth_exponent(pixels: List[int], values: List[float]) -> float:
     return float(slope)
 
 
-def auto_dct_impl(img_size: int, device: torch.device) -> str:
-    """The single DCT path 'auto' takes at every vHeat-T stage for ``img_size`` inputs, or 'mixed'."""
-    sides = [-(-img_size // 4) // 2 ** i for i in range(4)]
-    chosen = {choose_dct_impl(side, side, 'auto', device) for side in sides}
-    return chosen.pop() if len(chosen) == 1 else 'mixed'
-
-
 def resolution_sweep(args, device) -> Dict:
     """Images/s, peak memory and GFLOPs of every model at every size, interleaved per size; JSON + plot."""
     _malloc_returns_large_blocks()
     rounds, warmup = (1, 1) if args.quick else (args.rounds, args.warmup)
     batch = args.sweep_batch
     rows = []
+    sweep_models = [lb for lb in SWEEP_MODELS if device.type == 'cpu' or lb != 'vHeat-T streaming']
     for size in SWEEP_SIZES:
-        labels = [lb for lb in SWEEP_MODELS if not args.quick or size in QUICK_SIZES.get(lb, SWEEP_SIZES)]
-        auto_path = auto_dct_impl(size, device)
-        if auto_path != 'mixed':  # 'auto' runs exactly the code of that path: time it once
-            labels.remove('vHeat-T auto')
+        labels = [lb for lb in sweep_models if not args.quick or size in QUICK_SIZES.get(lb, SWEEP_SIZES)]
         torch.manual_seed(0)
         x = torch.randn(batch, 3, size, size, device=device)
         models, tasks = {}, {}
@@ -264,6 +279,8 @@ def resolution_sweep(args, device) -> Dict:
             models[label] = model = sized_model(name, kwargs, size).to(device).eval()
             if name.startswith('vheat'):
                 model.infer_init()
+            if label.endswith(STREAMING):
+                enable_cpu_streaming(model)
             tasks[label] = (lambda m: lambda: m(x))(model)
         with torch.inference_mode():
             for fn in tasks.values():  # fill lazy caches (DCT matrices, decay maps) before measuring memory
@@ -275,34 +292,24 @@ def resolution_sweep(args, device) -> Dict:
             rows.append(dict(model=label, size=size, pixels=size * size, batch=batch,
                              images_per_s=batch / secs[label], peak_memory_mib=memory[label] / 2 ** 20,
                              gflops=gflops))
-            print(f'  {size:>5} {label:<15} {batch / secs[label]:8.3f} img/s  {memory[label] / 2 ** 20:8.1f} MiB'
+            print(f'  {size:>5} {label:<17} {batch / secs[label]:8.3f} img/s  {memory[label] / 2 ** 20:8.1f} MiB'
                   + (f'  {gflops:7.2f} GFLOPs' if gflops is not None else ''), flush=True)
-        if auto_path != 'mixed':
-            same = next(r for r in rows if r['size'] == size and r['model'] == f'vHeat-T {auto_path}')
-            rows.append(dict(same, model='vHeat-T auto', gflops=None, same_code_as=f'vHeat-T {auto_path}'))
-            print(f'  {size:>5} vHeat-T auto    = vHeat-T {auto_path} (auto takes that path at every stage)')
         del models, tasks
     exponents = {}
-    for label in SWEEP_MODELS:
+    for label in sweep_models:
         mine = [r for r in rows if r['model'] == label]
         pixels = [r['pixels'] for r in mine]
         exponents[label] = dict(
             time=growth_exponent(pixels, [1 / r['images_per_s'] for r in mine]),
             flops=growth_exponent(pixels, [r['gflops'] for r in mine]) if label in FLOP_LABELS else None)
-    auto_vs_best = {}
-    for size in SWEEP_SIZES:
-        ips = {r['model']: r['images_per_s'] for r in rows if r['size'] == size}
-        best = max(ips['vHeat-T matmul'], ips['vHeat-T fft'])
-        auto_vs_best[size] = best / ips['vHeat-T auto'] - 1  # > 0: auto is this much slower than the best path
     result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                   timm=timm.__version__, quick=args.quick, rounds=rounds, batch=batch,
                   memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
                   'peak RSS increase during one forward (VmHWM reset via /proc/self/clear_refs)',
-                  rows=rows, exponents=exponents, auto_slower_than_best=auto_vs_best)
+                  rows=rows, exponents=exponents)
     print('\nGrowth exponents (cost ~ pixels ** e): ' + ', '.join(
         f'{lb}: time {e["time"]:.2f}' + (f' FLOPs {e["flops"]:.2f}' if e['flops'] is not None else '')
         for lb, e in exponents.items()))
-    print('auto DCT slower than the best path by: ' + ', '.join(f'{s}: {v:+.1%}' for s, v in auto_vs_best.items()))
     json_path = args.json or 'docs/scaling.json'
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     with open(json_path, 'w') as f:
@@ -322,14 +329,14 @@ def plot_sweep(result: Dict, path: str) -> None:
               ('gflops', 'GFLOPs (fvcore)', 'flops'))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     for ax, (key, title, exp_key) in zip(axes, panels):
-        for label in SWEEP_MODELS:
+        for label in result['exponents']:
             mine = [r for r in result['rows'] if r['model'] == label and r[key] is not None]
             if not mine:
                 continue
             legend = label
             if exp_key:
                 legend += f'  (e={result["exponents"][label][exp_key]:.2f})'
-            style = '--' if label.startswith('vHeat') and not label.endswith('auto') else '-'
+            style = '--' if label.startswith('vHeat') else '-'
             ax.plot([r['pixels'] for r in mine], [r[key] for r in mine], style, marker='o', ms=4, label=legend)
         ax.set_xscale('log')
         ax.set_yscale('log')
@@ -365,12 +372,16 @@ def main(argv=None) -> Dict:
     parser.add_argument('--sweep', action='store_true', help='only the resolution sweep (224..1024, batch --sweep-batch)')
     parser.add_argument('--sweep-batch', type=int, default=1)
     parser.add_argument('--plot', default='docs/scaling.png', help='--sweep: where to write the plot')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time every model under torch.compile (default mode), in the same rounds')
     parser.add_argument('--quick', action='store_true',
                         help='shorter --sweep: 1 timed round, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:
+        args.warmup = max(args.warmup, 1)  # the first call compiles
     print(f'device={device} threads={torch.get_num_threads()} torch={torch.__version__} timm={timm.__version__}')
     if args.dct_sweep:
         dct_sweep(args, device)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the project's virtual environment (.venv) and installs everything into it:
-#   tools/install.sh           core stack (requirements.txt) and the downstream stack (mmcv, mmdet, mmseg)
+#   tools/install.sh           core stack (requirements.txt), ONNX export (requirements-export.txt: onnx,
+#                              onnxscript, onnxruntime) and the downstream stack (mmcv, mmdet, mmseg)
 #   tools/install.sh --core    core stack only (classification, benchmarks)
 # mmcv 2.1.0 has no registry wheel for recent torch, so it is built once from its sdist with its ops
 # and kept in a wheel cache ($VHEAT_WHEEL_CACHE, default ~/.cache/vheat/wheels): later installs reuse it.
@@ -11,6 +12,7 @@ venv=${VHEAT_VENV:-.venv}
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade-strategy only-if-needed -r requirements.txt
 [ "${1:-}" = "--core" ] && exit 0
+"$py" -m pip install -q -r requirements-export.txt
 
 if ! "$py" -c "import mmcv.ops" 2>/dev/null; then
   tag=$("$py" -c "import sys, torch; print('py%d%d-torch%s-%s' % (sys.version_info[:2] + (torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')))")

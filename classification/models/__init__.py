@@ -1,7 +1,8 @@
 """vHeat models. Importing this package registers vheat_tiny/small/base with timm."""
 from .vheat import vHeat, checkpoint_filter_fn, MODEL_ARGS
 from .build import build_model
+from .cpu_streaming import enable_cpu_streaming, disable_cpu_streaming
 from .serialization import load_checkpoint, UnsafeCheckpointError
 
-__all__ = ['vHeat', 'build_model', 'checkpoint_filter_fn', 'MODEL_ARGS', 'load_checkpoint',
-           'UnsafeCheckpointError']
+__all__ = ['vHeat', 'build_model', 'checkpoint_filter_fn', 'MODEL_ARGS', 'enable_cpu_streaming',
+           'disable_cpu_streaming', 'load_checkpoint', 'UnsafeCheckpointError']

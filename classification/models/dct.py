@@ -1,40 +1,26 @@
 """Orthonormal 2-D DCT-II / DCT-III on channels-last tensors, and the heat-conduction core built on them.
 
-Two interchangeable implementations of the transform along the spatial axes of a (B, H, W, C) tensor:
-- ``matmul``: multiplies by the N x N DCT matrix, O(N) work per output element; fastest for the
-  small feature maps of a classifier (56x56 and below at 224).
-- ``fft``: Makhoul's algorithm, one real FFT of length N per line, O(log N) per element, for large maps
-  on devices where it pays off.
-``choose_dct_impl`` picks between them from the map size and the device (see ``FFT_MIN_SIZE``).
+Two interchangeable implementations of the transform along the spatial axes of a (B, H, W, C) tensor, chosen
+per model (``vHeat(dct_impl=...)``), never per input:
+- ``matmul`` (default): multiplies by the N x N DCT matrix, O(N) work per output element; what the official code
+  computes (as 1-D convolutions), and the fastest for the feature maps of a classifier.
+- ``fft``: Makhoul's algorithm, one real FFT of length N per line, O(log N) per element, for large maps on
+  devices where it pays off (``tools/benchmark.py --dct-sweep`` measures both per map size).
 Both agree with ``scipy.fft.dct(norm="ortho")``.
 
 Constant tensors (DCT matrices, FFT twiddles, the frequency-distance map of the decay) are cached per
 (size, device, dtype) and always created outside inference mode, so a cache filled under
-``torch.inference_mode()`` can still be used by a training step later.
+``torch.inference_mode()`` can still be used by a training step later. The functions the model calls are
+registered with timm as FX leaves (their shapes are read inside) and are scriptable by TorchScript.
 """
 import math
 from functools import lru_cache
-from typing import Tuple
+from typing import List
 
 import torch
+from timm.layers import register_notrace_function
 
-DCT_IMPLS = ('auto', 'matmul', 'fft')
-
-# Smallest feature-map side from which 'auto' takes the FFT path, per device type. On CPU (2 threads,
-# float32) the FFT path was 3.5x to 5x slower than the matrix path at every side from 7 to 256
-# (``tools/benchmark.py --dct-sweep``), so CPU always multiplies. The CUDA value is an estimate that has not
-# been measured in this repository: run the sweep on your GPU and adjust it.
-FFT_MIN_SIZE = {'cpu': None, 'cuda': 128}
-
-
-def choose_dct_impl(height: int, width: int, impl: str = 'auto', device: torch.device = torch.device('cpu')) -> str:
-    """The DCT implementation for an (height, width) map on ``device``: ``impl`` itself unless it is 'auto'."""
-    if impl not in DCT_IMPLS:
-        raise ValueError(f'dct_impl must be one of {DCT_IMPLS}, got {impl!r}')
-    if impl != 'auto':
-        return impl
-    threshold = FFT_MIN_SIZE.get(device.type)
-    return 'fft' if threshold is not None and min(height, width) >= threshold else 'matmul'
+DCT_IMPLS = ('matmul', 'fft')
 
 
 @lru_cache(maxsize=128)
@@ -59,7 +45,7 @@ def frequency_distance(height: int, width: int, device: torch.device, dtype: tor
 
 
 @lru_cache(maxsize=128)
-def _fft_constants(n: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+def _fft_constants(n: int, device: torch.device, dtype: torch.dtype) -> List[torch.Tensor]:
     """Index maps and twiddles of Makhoul's length-n DCT through a real FFT of length n."""
     with torch.inference_mode(False):
         half = n // 2 + 1
@@ -77,8 +63,30 @@ def _fft_constants(n: int, device: torch.device, dtype: torch.dtype) -> Tuple[to
             torch.cos(theta) / scale, torch.sin(theta) / scale,                          # inverse, X_k
             torch.cos(theta) * mirror_gain, torch.sin(theta) * mirror_gain,              # inverse, X_{N-k}
         )
-        return (order.to(device), inverse_order.to(device), mirror.to(device)) + tuple(
+        return [order.to(device), inverse_order.to(device), mirror.to(device)] + list(
             c.to(device=device, dtype=dtype) for c in consts)
+
+
+# The model reaches the caches through these. TorchScript runs them as Python, passing a tensor whose device and
+# dtype select the entry (it would pass a dtype as a plain int). While torch.compile or torch.export trace, the
+# constants are computed afresh: a traced value must not be cached (export traces with fake tensors).
+def _cached(fn, *args):
+    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
+
+
+@torch.jit.ignore
+def _dct_matrix_like(n: int, like: torch.Tensor) -> torch.Tensor:
+    return _cached(dct_matrix, n, like.device, like.dtype)
+
+
+@torch.jit.ignore
+def _frequency_distance_like(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    return _cached(frequency_distance, height, width, like.device, like.dtype)
+
+
+@torch.jit.ignore
+def _fft_constants_like(n: int, like: torch.Tensor) -> List[torch.Tensor]:
+    return _cached(_fft_constants, n, like.device, like.dtype)
 
 
 def _along(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -91,10 +99,10 @@ def _along(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
 def dct_fft(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Orthonormal DCT-II of a real tensor along ``dim`` through one real FFT (Makhoul, 1980)."""
     n = x.shape[dim]
-    order, _, _, cos, sin, scale, *_ = _fft_constants(n, x.device, x.dtype)
+    order, _, _, cos, sin, scale, _, _, _, _ = _fft_constants_like(n, x)
     spec = torch.fft.rfft(x.index_select(dim, order), dim=dim)
     re, im = spec.real, spec.imag
-    cos, sin, scale = (_along(c, dim, x.ndim) for c in (cos, sin, scale))
+    cos, sin, scale = _along(cos, dim, x.ndim), _along(sin, dim, x.ndim), _along(scale, dim, x.ndim)
     rot_re = re * cos + im * sin              # Re(exp(-i theta_k) V_k), k = 0 .. N//2
     rot_im = im * cos - re * sin
     low = rot_re * scale
@@ -105,11 +113,12 @@ def dct_fft(x: torch.Tensor, dim: int) -> torch.Tensor:
 def idct_fft(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Inverse of :func:`dct_fft` (orthonormal DCT-III) through one inverse real FFT."""
     n = x.shape[dim]
-    _, inverse_order, mirror, _, _, _, ca, sa, cb, sb = _fft_constants(n, x.device, x.dtype)
+    _, inverse_order, mirror, _, _, _, ca, sa, cb, sb = _fft_constants_like(n, x)
     half = n // 2 + 1
     low = x.narrow(dim, 0, half)
     high = x.index_select(dim, mirror)
-    ca, sa, cb, sb = (_along(c, dim, x.ndim) for c in (ca, sa, cb, sb))
+    ca, sa, cb, sb = (_along(ca, dim, x.ndim), _along(sa, dim, x.ndim), _along(cb, dim, x.ndim),
+                      _along(sb, dim, x.ndim))
     spec = torch.complex(ca * low + sb * high, sa * low - cb * high)
     return torch.fft.irfft(spec, n=n, dim=dim).index_select(dim, inverse_order)
 
@@ -117,53 +126,30 @@ def idct_fft(x: torch.Tensor, dim: int) -> torch.Tensor:
 def dct2d(x: torch.Tensor, impl: str = 'matmul', inverse: bool = False) -> torch.Tensor:
     """2-D orthonormal DCT-II (or its inverse) over the spatial axes of a channels-last (B, H, W, C) tensor."""
     if x.ndim != 4:
-        raise ValueError(f'dct2d expects a (B, H, W, C) tensor, got shape {tuple(x.shape)}')
-    batch, height, width, channels = x.shape
+        raise ValueError(f'dct2d expects a (B, H, W, C) tensor, got shape {list(x.shape)}')
     if impl == 'fft':
-        transform = idct_fft if inverse else dct_fft
         work = x.to(torch.promote_types(x.dtype, torch.float32))  # half-precision FFTs are restricted
-        return transform(transform(work, 1), 2).to(x.dtype)
+        if inverse:
+            return idct_fft(idct_fft(work, 1), 2).to(x.dtype)
+        return dct_fft(dct_fft(work, 1), 2).to(x.dtype)
     if impl != 'matmul':
-        raise ValueError(f"dct2d impl must be 'matmul' or 'fft', got {impl!r}")
-    mat_h = dct_matrix(height, x.device, x.dtype)
-    mat_w = dct_matrix(width, x.device, x.dtype)
+        raise ValueError(f"dct_impl must be 'matmul' or 'fft', got '{impl}'")
+    batch, height, width, channels = x.shape
+    mat_h = _dct_matrix_like(height, x)
+    mat_w = _dct_matrix_like(width, x)
     if inverse:
         mat_h, mat_w = mat_h.t(), mat_w.t()
     x = torch.matmul(mat_h, x.reshape(batch, height, width * channels)).view(batch, height, width, channels)
     return torch.matmul(mat_w, x)
 
 
-def heat_conduction(x: torch.Tensor, decay: torch.Tensor, impl: str = 'auto') -> torch.Tensor:
+@register_notrace_function
+def heat_conduction(x: torch.Tensor, decay: torch.Tensor, impl: str = 'matmul') -> torch.Tensor:
     """u(t) = IDCT2D(DCT2D(x) * decay) for channels-last x (B, H, W, C) and a (H, W, C) decay map."""
-    impl = choose_dct_impl(x.shape[1], x.shape[2], impl, x.device)
-    spectrum = dct2d(x, impl)
-    tracked = torch.is_grad_enabled() and (spectrum.requires_grad or decay.requires_grad)
-    spectrum = spectrum * decay if tracked else spectrum.mul_(decay)
-    return dct2d(spectrum, impl, inverse=True)
+    return dct2d(dct2d(x, impl) * decay, impl, inverse=True)
 
 
-def heat_conduction_(u: torch.Tensor, decay: torch.Tensor, band_bytes: int) -> torch.Tensor:
-    """:func:`heat_conduction` in place (matmul path, no autograd), band by band, for maps too large for cache.
-
-    The transform along H runs on column bands and the one along W on row bands, each band through a
-    temporary of about ``band_bytes``; the forward W transform, the decay and the inverse W transform run
-    together on one row band. No second map-sized buffer is needed.
-    """
-    _, height, width, channels = u.shape
-    mat_h, mat_w = dct_matrix(height, u.device, u.dtype), dct_matrix(width, u.device, u.dtype)
-    cols = max(1, band_bytes // (height * channels * u.element_size()))
-    rows = max(1, band_bytes // (width * channels * u.element_size()))
-
-    def along_height(image: torch.Tensor, mat: torch.Tensor) -> None:
-        for start in range(0, width, cols):
-            band = image[:, start:start + cols]  # (H, w, C) view; as a (H, w*C) matrix its rows are strided
-            band.copy_(torch.matmul(mat, band.reshape(height, -1)).view(band.shape))
-
-    for image in u:
-        along_height(image, mat_h)
-        for start in range(0, height, rows):
-            band = image[start:start + rows]
-            spectrum = torch.matmul(mat_w, band).mul_(decay[start:start + rows])
-            band.copy_(torch.matmul(mat_w.t(), spectrum))
-        along_height(image, mat_h.t())
-    return u
+@register_notrace_function
+def heat_decay(k: torch.Tensor) -> torch.Tensor:
+    """The decay map exp(-(w_n^2 + w_m^2) * k) of a diffusivity map k (H, W, C) >= 0 at its own size."""
+    return torch.exp(-_frequency_distance_like(k.shape[0], k.shape[1], k) * k)

@@ -1,13 +1,16 @@
-"""vHeat: vision backbone built on the Heat Conduction Operator (HCO).
+"""vHeat: vision backbone built on the Heat Conduction Operator (HCO), the reference implementation.
 
 Image features are heat sources. A block computes
     u(t) = IDCT2D( DCT2D(phi(x)) * exp(-(w_n^2 + w_m^2))^k )
 with an orthonormal DCT-II, w_n = n*pi/H, and k = ReLU(Linear(frequency value embedding)) >= 0, one embedding
 per stage. ``infer_init()`` folds the fixed k of a trained model into a precomputed decay map (``k_exp``).
 
-The whole network runs channels-last (B, H, W, C): LayerNorms, Linear MLPs and the DCT matrix products need
-no layout copies, and convolutions see channels-last NCHW views. Inference on CPU runs in cache-sized pieces
-(image groups, row bands, row chunks: see :mod:`.chunked`) with the same arithmetic per pixel.
+Every module has one forward, the official math, whatever the device or the input size; the whole network runs
+channels-last (B, H, W, C), so LayerNorms, Linear layers and the DCT matrix products need no layout copies and
+convolutions see channels-last NCHW views. It traces with torch.fx (the DCT core and the map resizing are FX
+leaves), scripts with TorchScript, compiles with ``torch.compile(fullgraph=True)`` and exports to ONNX. Execution
+engines that are faster on one kind of machine live elsewhere and are switched on explicitly
+(:func:`classification.models.cpu_streaming.enable_cpu_streaming`).
 
 Parameter names are this module's own; official vHeat checkpoints (training and ``infer_init`` layouts)
 are converted on load by :func:`checkpoint_filter_fn`, which ``load_state_dict`` applies automatically.
@@ -21,28 +24,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from . import chunked
-from .chunked import chunked_mlp, chunking_pays, conv3x3_rows, grouping_pays, in_image_groups, row_bands
-from .dct import DCT_IMPLS, choose_dct_impl, frequency_distance, heat_conduction, heat_conduction_
+from .dct import DCT_IMPLS, frequency_distance, heat_conduction, heat_decay
 
 __all__ = ['vHeat', 'checkpoint_filter_fn']
 
 _logger = logging.getLogger(__name__)
 
+FREQ_EMBED_RESIZE = ('bicubic', 'zero')
 
-def resize_map(t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bicubically resize an (H, W, C) map (frequency embedding or decay) to ``size``."""
-    if tuple(t.shape[:2]) == tuple(size):
+
+@register_notrace_function
+def resize_map(t: torch.Tensor, size: List[int]) -> torch.Tensor:
+    """Bicubically resize an (H, W, C) map (frequency embedding or decay) to ``size``; as it is if it fits."""
+    if t.shape[0] == size[0] and t.shape[1] == size[1]:
         return t
     resized = F.interpolate(t.permute(2, 0, 1)[None].float(), size=size, mode='bicubic', align_corners=False)
     return resized[0].permute(1, 2, 0).to(t.dtype)
-
-
-FREQ_EMBED_RESIZE = ('bicubic', 'zero')
 
 
 def resize_freq_embed(embed: torch.Tensor, size: Tuple[int, int], mode: str = 'bicubic') -> torch.Tensor:
@@ -53,7 +54,7 @@ def resize_freq_embed(embed: torch.Tensor, size: Tuple[int, int], mode: str = 'b
     and the new high frequencies start at zero; a smaller target keeps the top-left corner.
     """
     if mode == 'bicubic':
-        return resize_map(embed, size)
+        return resize_map(embed, list(size))
     if mode != 'zero':
         raise ValueError(f'frequency embedding resize mode must be one of {FREQ_EMBED_RESIZE}, got {mode!r}')
     out = embed.new_zeros(tuple(size) + embed.shape[2:])
@@ -62,30 +63,12 @@ def resize_freq_embed(embed: torch.Tensor, size: Tuple[int, int], mode: str = 'b
     return out
 
 
-def _grad_free(t: torch.Tensor) -> bool:
-    """True when autograd does not track ``t``: in-place updates are then safe and save an allocation."""
-    return not (torch.is_grad_enabled() and t.requires_grad)
-
-
-def _tracks_grad(module: nn.Module, *inputs: Optional[torch.Tensor]) -> bool:
-    """True when autograd records ``module`` applied to ``inputs``."""
-    return torch.is_grad_enabled() and (any(t is not None and t.requires_grad for t in inputs)
-                                        or any(p.requires_grad for p in module.parameters()))
-
-
-def linear_residual(x: torch.Tensor, linear: nn.Linear, residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """``residual + linear(x)`` with the residual accumulated by the matrix product itself (one pass less).
-
-    Under autocast the plain sum is kept, so that the residual stream stays in full precision.
-    """
-    if residual is None:
-        return linear(x)
-    if torch.is_autocast_enabled(residual.device.type):
-        return residual + linear(x)
-    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
-    if linear.bias is not None:
-        out = out.add_(linear.bias)
-    return out.view(residual.shape)
+@register_notrace_function
+def check_image_batch(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if it is a (B, C, H, W) batch; a ValueError naming its shape otherwise."""
+    if x.ndim != 4:
+        raise ValueError(f'vHeat expects a (B, C, H, W) image batch, got shape {list(x.shape)}')
+    return x
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -110,40 +93,8 @@ class Stem(nn.Module):
         self.norm2 = nn.LayerNorm(out_chans, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        out_shape = (batch, (height + 3) // 4, (width + 3) // 4, self.conv2.out_channels)
-        hidden_bytes = (height + 1) // 2 * ((width + 1) // 2) * self.conv1.out_channels * x.element_size()
-        if _tracks_grad(self, x) or not grouping_pays(x, batch * hidden_bytes):
-            return self._forward(x)
-        # inference on CPU: a few images at a time (or row bands of one), so that the stride-2 maps stay in cache
-        if grouping_pays(x, hidden_bytes):
-            return self._forward_streamed(x, x.new_empty(out_shape))
-        return in_image_groups(lambda part, out: out.copy_(self._forward(part)), x, x.new_empty(out_shape),
-                               hidden_bytes)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
-        return self.norm2(_nhwc(self.conv2(_nchw(self._norm_act(_nhwc(x))))))
-
-    def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x)
-        return torch.ops.aten.gelu_(x) if _grad_free(x) else self.act(x)
-
-    def _forward_streamed(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Inference on large images: an image at a time, in bands of output rows (see ``conv3x3_rows``)."""
-        height, half_height = x.shape[2], (x.shape[2] + 1) // 2
-        row_bytes = 2 * ((x.shape[3] + 1) // 2) * self.conv1.out_channels * x.element_size()
-        for image, image_out in zip(x.split(1), out.split(1)):
-            pixels = image.permute(0, 2, 3, 1)
-
-            def half_resolution(start, stop):
-                rows = conv3x3_rows(self.conv1, lambda a, b: pixels[:, a:b].contiguous(), height, start, stop)
-                return self._norm_act(rows)
-
-            for start, stop in row_bands(out.shape[1], row_bytes):
-                image_out[:, start:stop] = self.norm2(
-                    conv3x3_rows(self.conv2, half_resolution, half_height, start, stop))
-        return out
+        x = self.act(self.norm1(_nhwc(self.conv1(x))))
+        return self.norm2(_nhwc(self.conv2(_nchw(x))))
 
 
 class Downsample(nn.Module):
@@ -166,14 +117,13 @@ class HeatConduction(nn.Module):
     exp(-(w_n^2 + w_m^2) * k) with k = ReLU(to_k(freq_embed)); in inference layout it is the stored ``k_exp``.
     """
 
-    def __init__(self, dim: int, res: int, infer_mode: bool = False, dct_impl: str = 'auto'):
+    def __init__(self, dim: int, res: int, infer_mode: bool = False, dct_impl: str = 'matmul'):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.linear = nn.Linear(dim, 2 * dim)
         self.out_norm = nn.LayerNorm(dim)
         self.out_linear = nn.Linear(dim, dim)
         self.dct_impl = dct_impl
-        self._resized_decay, self._resized_decay_key = None, None
         if infer_mode:
             self.k_exp = nn.Parameter(torch.exp(-frequency_distance(res, res, torch.device('cpu'), torch.float32))
                                       .expand(res, res, dim).clone(), requires_grad=False)
@@ -182,79 +132,38 @@ class HeatConduction(nn.Module):
 
     @property
     def infer_mode(self) -> bool:
-        return not hasattr(self, 'to_k')
+        return hasattr(self, 'k_exp')
 
-    def decay(self, size: Tuple[int, int], freq_embed: Optional[torch.Tensor]) -> torch.Tensor:
-        """The (H, W, C) decay map exp(-(w_n^2 + w_m^2))^k at feature size ``size``."""
-        if self.infer_mode:
-            if tuple(self.k_exp.shape[:2]) == tuple(size):
-                return self.k_exp
-            key = (tuple(size), self.k_exp.device, self.k_exp.dtype, self.k_exp._version)
-            if self._resized_decay_key != key:  # k_exp is fixed: resize once per input size
-                with torch.inference_mode(False), torch.no_grad():  # usable later with autograd too
-                    self._resized_decay, self._resized_decay_key = resize_map(self.k_exp, size), key
-            return self._resized_decay
+    def decay(self, size: List[int], freq_embed: Optional[torch.Tensor]) -> torch.Tensor:
+        """The (H, W, C) decay map exp(-(w_n^2 + w_m^2))^k at feature size ``size``; ``freq_embed`` is the
+        stage's embedding at that size (training layout)."""
+        if hasattr(self, 'k_exp'):
+            return resize_map(self.k_exp, size)
         if freq_embed is None:
             raise ValueError('HeatConduction in training layout needs the stage frequency embedding')
-        dist = frequency_distance(size[0], size[1], freq_embed.device, freq_embed.dtype)
-        return torch.exp(-dist * self.to_k(freq_embed))
+        return heat_decay(self.to_k(freq_embed))
 
     @torch.no_grad()
     def fold_decay(self, freq_embed: torch.Tensor) -> None:
         """Switch to inference layout: store the decay of ``freq_embed`` as ``k_exp`` and drop ``to_k``."""
-        self.k_exp = nn.Parameter(self.decay(tuple(freq_embed.shape[:2]), freq_embed), requires_grad=False)
+        self.k_exp = nn.Parameter(self.decay(list(freq_embed.shape[:2]), freq_embed), requires_grad=False)
         del self.to_k
 
-    def split_linear(self) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
-        """(weight, bias) of the heat source u and of the gate z, the two halves of ``linear``."""
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = _nhwc(self.dwconv(_nchw(x)))
+        # the two halves of `linear` as two products: u comes out contiguous for the DCT
         w_u, w_z = self.linear.weight.chunk(2)
         b_u, b_z = self.linear.bias.chunk(2)
-        return (w_u, b_u), (w_z, b_z)
-
-    def gate(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """LayerNorm(u) * SiLU(z), in place on u's normalised copy when autograd does not need it."""
-        u = self.out_norm(u)
-        return u.mul_(F.silu(z, inplace=True)) if _grad_free(u) else u * F.silu(z)
-
-    def gated(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The HCO of channels-last ``x`` up to its output linear: LayerNorm(u(t)) * SiLU(z)."""
-        x = _nhwc(self.dwconv(_nchw(x)))
-        # Two half-width products instead of one split: both halves come out contiguous for the DCT.
-        (w_u, b_u), (w_z, b_z) = self.split_linear()
         u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
-        u = heat_conduction(u, self.decay(tuple(u.shape[1:3]), freq_embed), self.dct_impl)
-        return self.gate(u, z)
-
-    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
-                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """HCO of channels-last ``x``; with ``residual``, returns ``residual + HCO(x)``."""
-        return linear_residual(self.gated(x, freq_embed), self.out_linear, residual)
-
-
-class Mlp(nn.Module):
-    """fc1, GELU, fc2 on channels-last input; on CPU in cache-sized row chunks (see :mod:`.chunked`)."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``[residual +] MLP(x)``; ``out``: where to write it (inference on CPU only)."""
-        hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
-        if not _tracks_grad(self, x, residual) and (out is not None or chunking_pays(x, hidden_bytes)):
-            return chunked_mlp(x, self.fc1, self.fc2, residual, out)
-        h = self.fc1(x)
-        h = torch.ops.aten.gelu_(h) if _grad_free(h) else F.gelu(h)
-        return linear_residual(h, self.fc2, residual)
+        u = heat_conduction(u, self.decay([u.shape[1], u.shape[2]], freq_embed), self.dct_impl)
+        return self.out_linear(self.out_norm(u) * F.silu(z))
 
 
 class HeatBlock(nn.Module):
     """HCO and MLP residual branches, pre-norm or post-norm, with optional layer scale and drop path."""
 
     def __init__(self, dim: int, res: int, drop_path: float = 0., mlp_ratio: float = 4.0, post_norm: bool = True,
-                 layer_scale: Optional[float] = None, infer_mode: bool = False, dct_impl: str = 'auto'):
+                 layer_scale: Optional[float] = None, infer_mode: bool = False, dct_impl: str = 'matmul'):
         super().__init__()
         self.post_norm = post_norm
         self.norm1 = nn.LayerNorm(dim)
@@ -262,83 +171,15 @@ class HeatBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        if layer_scale is not None:
-            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
-            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
-        else:
-            self.gamma1 = self.gamma2 = None
+        self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
+        self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
 
-    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
-        return self.drop_path(y if self.gamma2 is None else y * self.gamma2)
-
-    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None,
-                overwrite: bool = False) -> torch.Tensor:
-        """The block's output; ``overwrite``: in inference on CPU it may be written into x, which the caller
-        must not need any more (saves a map-sized buffer)."""
-        if _tracks_grad(self, x) or not grouping_pays(x, x.nbytes):
-            return self._forward(x, freq_embed)
-        if grouping_pays(x, x[0].nbytes) and choose_dct_impl(*x.shape[1:3], self.op.dct_impl, x.device) == 'matmul':
-            return self._forward_streamed(x, freq_embed, overwrite)
-        # inference on CPU: a few images at a time, so that the block's intermediate maps stay in cache
-        return in_image_groups(lambda part, out: self._forward(part, freq_embed, out=out),
-                               x, x if overwrite else torch.empty_like(x), x[0].nbytes)
-
-    def _plain_residuals(self) -> bool:
-        """Pre-norm, no layer scale, no active drop path: each branch's last linear can accumulate into x."""
-        drop_path_active = self.training and not isinstance(self.drop_path, nn.Identity)
-        return not (self.post_norm or self.gamma1 is not None or drop_path_active)
-
-    def _forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor],
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self._finish(x, self.op.gated(x if self.post_norm else self.norm1(x), freq_embed), out)
-
-    def _forward_streamed(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor], overwrite: bool) -> torch.Tensor:
-        """Inference on maps larger than cache, an image at a time, with one map-sized buffer besides x
-        (one image's worth if ``overwrite``).
-
-        The heat source (norm1 and the depthwise conv) is made in row bands and made twice, for u and for the
-        gate z, instead of being kept; the DCT runs in place; each band of the output overwrites the band of
-        u it was made from (or, with ``overwrite``, of x, keeping the row the next band's conv still reads).
-        Same arithmetic per pixel as :meth:`_forward`.
-        """
-        op, (_, height, width, dim) = self.op, x.shape
-        (w_u, b_u), (w_z, b_z) = op.split_linear()
-        decay = op.decay((height, width), freq_embed)
-        bands = row_bands(height, 4 * width * dim * x.element_size())  # the MLP is 4x wider: chunked below
-        out = x if overwrite else torch.empty_like(x)
-        scratch = x.new_empty((1,) + x.shape[1:]) if overwrite else None
-        for image, image_out in zip(x.split(1), out.split(1)):
-            u = image_out if scratch is None else scratch
-            above = None  # the input row above the current band, saved before the band above was overwritten
-
-            def source(start, stop, band_start=0):
-                rows = image[:, start:stop]
-                if above is not None and start < band_start:
-                    rows = torch.cat([above, image[:, band_start:stop]], dim=1)
-                return rows if self.post_norm else self.norm1(rows)
-
-            for start, stop in bands:
-                heat_source = conv3x3_rows(op.dwconv, source, height, start, stop)
-                torch.addmm(b_u, heat_source.reshape(-1, dim), w_u.t(), out=u[:, start:stop].view(-1, dim))
-            heat_conduction_(u, decay, chunked.CHUNK_BYTES)
-            for start, stop in bands:
-                heat_source = conv3x3_rows(op.dwconv, lambda a, b: source(a, b, start), height, start, stop)
-                if overwrite:
-                    above = image[:, stop - 1:stop].clone()
-                gated = op.gate(u[:, start:stop], F.linear(heat_source, w_z, b_z))
-                self._finish(image[:, start:stop], gated, out=image_out[:, start:stop])
-        return out
-
-    def _finish(self, x: torch.Tensor, gated: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The block's output from its input x and the HCO's gated map (before its output linear)."""
-        if self._plain_residuals():  # each branch's last linear accumulates straight into x
-            x = linear_residual(gated, self.op.out_linear, x)
-            return self.mlp(self.norm2(x), residual=x, out=out)
-        y = self.op.out_linear(gated)
-        y = self.norm1(y) if self.post_norm else y
-        x = x + self.drop_path(y if self.gamma1 is None else y * self.gamma1)
-        return torch.add(x, self._mlp_branch(x), out=out)
+    def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # post-norm normalises each branch's output, pre-norm its input
+        heat = self.norm1(self.op(x, freq_embed)) if self.post_norm else self.op(self.norm1(x), freq_embed)
+        x = x + self.drop_path(heat if self.gamma1 is None else heat * self.gamma1)
+        mlp = self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
+        return x + self.drop_path(mlp if self.gamma2 is None else mlp * self.gamma2)
 
 
 class HeatStage(nn.Module):
@@ -348,7 +189,7 @@ class HeatStage(nn.Module):
                  infer_mode: bool = False, use_checkpoint: bool = False, **block_kwargs):
         super().__init__()
         self.downsample = Downsample(in_dim, dim) if in_dim != dim else nn.Identity()
-        self.use_checkpoint = use_checkpoint
+        self.grad_checkpointing = use_checkpoint
         if not infer_mode:
             self.freq_embed = nn.Parameter(torch.zeros(res, res, dim))
             trunc_normal_(self.freq_embed, std=.02)
@@ -361,34 +202,36 @@ class HeatStage(nn.Module):
             block.op.fold_decay(self.freq_embed)
         del self.freq_embed
 
-    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
-        """``overwrite_input``: in inference the blocks may write into x (see ``HeatBlock.forward``); maps
-        made inside the stage are overwritten anyway."""
-        overwrite = overwrite_input or not isinstance(self.downsample, nn.Identity)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        freq_embed = getattr(self, 'freq_embed', None)
-        if freq_embed is not None:
-            freq_embed = resize_map(freq_embed, tuple(x.shape[1:3]))
+        freq_embed: Optional[torch.Tensor] = None
+        if hasattr(self, 'freq_embed'):  # training layout: the embedding at this feature size
+            freq_embed = resize_map(self.freq_embed, [x.shape[1], x.shape[2]])
         for block in self.blocks:
-            if self.use_checkpoint and x.requires_grad:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x, freq_embed, use_reentrant=False)
             else:
-                x = block(x, freq_embed, overwrite=overwrite)
-            overwrite = True
+                x = block(x, freq_embed)
         return x
 
 
 class ClassifierHead(nn.Module):
-    """LayerNorm, global average pooling, dropout and the linear classifier."""
+    """LayerNorm, global average pooling ('avg', or '' for none), dropout and the linear classifier."""
 
-    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0.):
+    def __init__(self, dim: int, num_classes: int, drop_rate: float = 0., global_pool: str = 'avg'):
         super().__init__()
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.norm = nn.LayerNorm(dim)
+        self.global_pool = global_pool
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.norm(x).mean(dim=(1, 2)))
+        x = self.norm(x)
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
 
@@ -409,14 +252,18 @@ class vHeat(nn.Module):
         img_size: training resolution; sets the size of the frequency embeddings (img_size / 4 / 2^i).
         infer_mode: build the inference layout (precomputed decay ``k_exp``, no frequency embeddings).
         drop_rate: dropout before the classifier.
-        dct_impl: 'auto', 'matmul' or 'fft' (see :mod:`classification.models.dct`).
+        dct_impl: 'matmul' or 'fft' (see :mod:`classification.models.dct`).
+        global_pool: 'avg', or '' to keep the (normalised) final map.
     """
+
+    output_fmt = 'NHWC'  # forward_features returns channels-last maps
 
     def __init__(self, patch_size: int = 4, in_chans: int = 3, num_classes: int = 1000,
                  depths: Sequence[int] = (2, 2, 9, 2), dims: Union[int, Sequence[int]] = 96,
                  drop_path_rate: float = 0.2, post_norm: bool = True, layer_scale: Optional[float] = None,
                  use_checkpoint: bool = False, mlp_ratio: float = 4.0, img_size: int = 224,
-                 infer_mode: bool = False, drop_rate: float = 0., dct_impl: str = 'auto'):
+                 infer_mode: bool = False, drop_rate: float = 0., dct_impl: str = 'matmul',
+                 global_pool: str = 'avg'):
         super().__init__()
         if patch_size != 4:
             raise ValueError(f'vHeat has a stride-4 convolutional stem: patch_size must be 4, got {patch_size}')
@@ -443,7 +290,7 @@ class vHeat(nn.Module):
                 infer_mode=infer_mode, use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio, post_norm=post_norm,
                 layer_scale=layer_scale, dct_impl=dct_impl))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
-        self.head = ClassifierHead(dims[-1], num_classes, drop_rate)
+        self.head = ClassifierHead(dims[-1], num_classes, drop_rate, global_pool)
         self.apply(self._init_weights)
         self._register_load_state_dict_pre_hook(self._convert_on_load)
 
@@ -479,7 +326,7 @@ class vHeat(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
-            stage.use_checkpoint = enable
+            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -493,12 +340,16 @@ class vHeat(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.head.global_pool = global_pool
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
                               intermediates_only: bool = False):
-        """Stage outputs (strides 4, 8, 16, 32) as NCHW tensors, timm's features API.
+        """Stage outputs (strides 4, 8, 16, 32) as NCHW (or NHWC) tensors, timm's features API.
 
         ``indices``: stage indices, or an int n for the last n stages. ``norm`` applies the head's
         LayerNorm to the returned final features.
@@ -507,10 +358,10 @@ class vHeat(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
-        x = self.stem(x)
+        x = self.stem(check_image_batch(x))
         stages = self.stages if not stop_early else self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
-            x = stage(x, overwrite_input=i == 0)  # stage 0 may overwrite the stem's output
+            x = stage(x)
             if i in take:
                 feat = self.head.norm(x) if norm and i == len(self.stages) - 1 else x
                 intermediates.append(_nchw(feat) if output_fmt == 'NCHW' else feat)
@@ -531,17 +382,15 @@ class vHeat(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final-stage features, channels-last (B, H/32, W/32, C)."""
-        x = self.stem(x)
-        for i, stage in enumerate(self.stages):
-            x = stage(x, overwrite_input=i == 0)  # stage 0 may overwrite the stem's output
+        x = self.stem(check_image_batch(x))
+        for stage in self.stages:
+            x = stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError(f'vHeat expects a (B, C, H, W) image batch, got shape {tuple(x.shape)}')
         return self.forward_head(self.forward_features(x))
 
 
@@ -591,7 +440,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
                 raise ValueError(f'{key}: the checkpoint is in inference layout (precomputed decay); build the '
                                  'model with infer_mode=True to load it')
             if key in own and value.shape != own[key].shape:
-                value = resize_map(value, tuple(own[key].shape[:2]))
+                value = resize_map(value, list(own[key].shape[:2]))
         out[key] = value
     for i, stage in enumerate(model.stages):
         key = f'stages.{i}.freq_embed'
@@ -606,7 +455,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
 
 def _fold_decay_into_state_dict(sd: Dict[str, torch.Tensor], index: int, stage: HeatStage) -> None:
     """Replace stage ``index``'s frequency embedding and k-projections in ``sd`` by each block's ``k_exp``."""
-    res = tuple(stage.blocks[0].op.k_exp.shape[:2])
+    res = list(stage.blocks[0].op.k_exp.shape[:2])
     freq_embed = resize_map(sd.pop(f'stages.{index}.freq_embed'), res)
     dist = frequency_distance(res[0], res[1], freq_embed.device, freq_embed.dtype)
     for j in range(len(stage.blocks)):

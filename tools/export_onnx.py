@@ -1,0 +1,97 @@
+"""Export vHeat to ONNX and check it with onnxruntime; optionally time onnxruntime against eager PyTorch.
+
+    python tools/export_onnx.py --model vheat_tiny --checkpoint vHeat_tiny.pth --out vheat_tiny.onnx
+    python tools/export_onnx.py --model vheat_tiny --out vheat_tiny.onnx --benchmark --batch 16   # CPU images/s
+
+The exported graph is the inference layout (``infer_init``: decay maps folded) at one resolution (``--img-size``,
+square); the batch dimension is dynamic. Export another file for another resolution. The export uses torch's
+exporter (``torch.onnx.export(dynamo=True)``); onnx, onnxscript and onnxruntime come from
+``requirements-export.txt`` (``tools/install.sh`` installs them); the model itself never imports them.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import timm  # noqa: E402
+
+from classification.models import enable_cpu_streaming, load_checkpoint  # noqa: E402
+from benchmark import interleaved  # noqa: E402
+
+
+def parse_model_args(pairs):
+    """``key=value`` pairs for ``timm.create_model``; values are Python literals or comma-separated ints."""
+    import ast
+    out = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition('=')
+        if not key or not value:
+            raise SystemExit(f'error: --model-args takes key=value, got {pair!r}')
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+        if isinstance(out[key], tuple):
+            out[key] = list(out[key])
+    return out
+
+
+def build(args) -> torch.nn.Module:
+    model = timm.create_model(args.model, img_size=args.img_size, **parse_model_args(args.model_args))
+    if args.checkpoint:
+        checkpoint = load_checkpoint(args.checkpoint)
+        model.load_state_dict(checkpoint.get('model', checkpoint), strict=True)
+    model.eval()
+    model.infer_init()
+    return model
+
+
+def export(model: torch.nn.Module, img_size: int, path: str) -> None:
+    example = torch.randn(2, 3, img_size, img_size)
+    torch.onnx.export(model, (example,), path, dynamo=True, input_names=['image'], output_names=['logits'],
+                      dynamic_shapes={'x': {0: torch.export.Dim('batch')}})
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='vheat_tiny', help='timm name: vheat_tiny, vheat_small, vheat_base')
+    parser.add_argument('--model-args', nargs='*', help='extra timm.create_model arguments, key=value')
+    parser.add_argument('--checkpoint', help='weights (official or ours); random weights without it')
+    parser.add_argument('--img-size', type=int, default=224, help='the one resolution the graph is exported for')
+    parser.add_argument('--out', required=True, help='the .onnx file to write')
+    parser.add_argument('--check-batch', type=int, default=2, help='batch of the onnxruntime check')
+    parser.add_argument('--atol', type=float, default=1e-4, help='largest |onnxruntime - PyTorch| accepted')
+    parser.add_argument('--benchmark', action='store_true', help='time onnxruntime and eager PyTorch on CPU')
+    parser.add_argument('--batch', type=int, default=16, help='--benchmark batch')
+    parser.add_argument('--rounds', type=int, default=7)
+    args = parser.parse_args(argv)
+    import onnxruntime
+
+    model = build(args)
+    export(model, args.img_size, args.out)
+    print(f'wrote {args.out} ({os.path.getsize(args.out) / 2 ** 20:.1f} MiB): {args.model} at '
+          f'{args.img_size}x{args.img_size}, dynamic batch')
+    session = onnxruntime.InferenceSession(args.out, providers=['CPUExecutionProvider'])
+    x = torch.randn(args.check_batch, 3, args.img_size, args.img_size)
+    with torch.no_grad():
+        diff = (torch.from_numpy(session.run(None, {'image': x.numpy()})[0]) - model(x)).abs().max().item()
+    print(f'onnxruntime vs PyTorch: max |diff| {diff:.2e} (batch {args.check_batch})')
+    if diff > args.atol:
+        raise SystemExit(f'error: onnxruntime differs from PyTorch by {diff:.2e} > {args.atol}')
+    if args.benchmark:
+        x = torch.randn(args.batch, 3, args.img_size, args.img_size)
+        streaming = enable_cpu_streaming(build(args))
+        tasks = {'PyTorch eager': lambda: model(x), 'PyTorch eager, CPU streaming': lambda: streaming(x),
+                 'onnxruntime': lambda: session.run(None, {'image': x.numpy()})}
+        with torch.inference_mode():
+            secs = interleaved(tasks, args.rounds, 2, torch.device('cpu'))
+        print(f'images/s at batch {args.batch}, {torch.get_num_threads()} threads (median of {args.rounds} rounds):')
+        for name, sec in secs.items():
+            print(f'  {name:<30} {args.batch / sec:8.2f}   {secs["PyTorch eager"] / sec:.2f}x eager')
+
+
+if __name__ == '__main__':
+    main()
