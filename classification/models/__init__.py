@@ -2,7 +2,8 @@
 from .vheat import vHeat, checkpoint_filter_fn, MODEL_ARGS
 from .build import build_model
 from .cpu_streaming import enable_cpu_streaming, disable_cpu_streaming
-from .serialization import load_checkpoint, UnsafeCheckpointError
+from .serialization import CheckpointFormatError, IncompatibleCheckpointError, load_checkpoint, UnsafeCheckpointError
 
 __all__ = ['vHeat', 'build_model', 'checkpoint_filter_fn', 'MODEL_ARGS', 'enable_cpu_streaming',
-           'disable_cpu_streaming', 'load_checkpoint', 'UnsafeCheckpointError']
+           'disable_cpu_streaming', 'load_checkpoint', 'CheckpointFormatError', 'IncompatibleCheckpointError',
+           'UnsafeCheckpointError']
