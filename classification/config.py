@@ -15,7 +15,7 @@ _C.BASE = ['']
 _C.DATA = CN()
 _C.DATA.BATCH_SIZE = 128            # per process
 _C.DATA.DATA_PATH = ''              # ImageNet-style folder with train/ and val/, one sub-folder per class
-_C.DATA.DATASET = 'imagenet'
+_C.DATA.DATASET = 'imagenet'        # an ImageNet-style folder (the only kind)
 _C.DATA.IMG_SIZE = 224
 _C.DATA.INTERPOLATION = 'bicubic'
 _C.DATA.PIN_MEMORY = True
@@ -76,7 +76,6 @@ _C.AUG.MIXUP_MODE = 'batch'
 
 _C.TEST = CN()
 _C.TEST.CROP = True                 # resize to IMG_SIZE / 0.875, then centre-crop
-_C.TEST.SEQUENTIAL = False
 
 _C.MODEL_EMA = True
 _C.MODEL_EMA_DECAY = 0.9999
@@ -150,10 +149,7 @@ def get_config(args) -> CN:
     config.EVAL_MODE = bool(getattr(args, 'eval', False))
     config.THROUGHPUT_MODE = bool(getattr(args, 'throughput', False))
     config.LOCAL_RANK = int(getattr(args, 'local_rank', 0) or 0)
-    if config.AMP_DTYPE not in ('float16', 'bfloat16'):
-        raise ConfigError(f"AMP_DTYPE must be 'float16' or 'bfloat16', got {config.AMP_DTYPE!r}")
-    if config.TRAIN.ACCUMULATION_STEPS < 1:
-        raise ConfigError('TRAIN.ACCUMULATION_STEPS must be >= 1')
+    validate(config)
     config.OUTPUT = os.path.join(config.OUTPUT or 'output', config.MODEL.NAME, config.TAG)
     config.freeze()
     return config
@@ -165,6 +161,124 @@ LR_REFERENCE_BATCH = 512
 def total_batch(config: CN, world_size: int) -> int:
     """Images per optimizer step: per-process batch x processes x accumulation steps."""
     return config.DATA.BATCH_SIZE * world_size * config.TRAIN.ACCUMULATION_STEPS
+
+
+def _get(config: CN, key: str):
+    for part in key.split('.'):
+        config = config[part]
+    return config
+
+
+def _require(config: CN, key: str, allowed: str, test) -> None:
+    value = _get(config, key)
+    try:
+        ok = bool(test(value))
+    except (TypeError, ValueError, KeyError, IndexError):
+        ok = False
+    if not ok:
+        raise ConfigError(f'{key} must be {allowed}, got {value!r}')
+
+
+def _integer(config: CN, key: str, minimum: int) -> None:
+    _require(config, key, f'an integer >= {minimum}',
+             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum)
+
+
+def _number(config: CN, key: str, allowed: str, test) -> None:
+    _require(config, key, allowed, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and test(v))
+
+
+def _choice(config: CN, key: str, choices) -> None:
+    _require(config, key, 'one of ' + ', '.join(map(repr, choices)), lambda v: v in choices)
+
+
+def _flag(config: CN, key: str) -> None:
+    _require(config, key, 'True or False', lambda v: isinstance(v, bool))
+
+
+def _pair(config: CN, key: str, allowed: str, test) -> None:
+    _require(config, key, allowed, lambda v: len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and test(*v))
+
+
+def _auto_augment_policy(value: str) -> bool:
+    """Whether timm can build the augmentation ``value`` names ('' and 'none' for none)."""
+    if value in ('', 'none'):
+        return True
+    from timm.data import auto_augment
+    hparams = dict(translate_const=100, img_mean=(124, 116, 104))
+    build = (auto_augment.rand_augment_transform if value.startswith('rand') else
+             auto_augment.augment_and_mix_transform if value.startswith('augmix') else
+             auto_augment.auto_augment_transform)
+    try:
+        build(value, hparams)
+    except (AssertionError, KeyError, ValueError, IndexError):
+        return False
+    return True
+
+
+def validate(config: CN) -> None:
+    """Check every value before any work; a ConfigError names the first bad key and what it may be."""
+    from timm.data.transforms import str_to_pil_interp
+    from timm.optim import list_optimizers
+    _integer(config, 'DATA.BATCH_SIZE', 1)
+    _choice(config, 'DATA.DATASET', ('imagenet',))
+    _require(config, 'DATA.INTERPOLATION', "'random' or a PIL filter name (bicubic, bilinear, ...)",
+             lambda v: v == 'random' or str_to_pil_interp(v) is not None)
+    _flag(config, 'DATA.PIN_MEMORY')
+    _integer(config, 'DATA.NUM_WORKERS', 0)
+    _choice(config, 'MODEL.TYPE', ('vHeat',))
+    _integer(config, 'MODEL.NUM_CLASSES', 1)
+    for key in ('MODEL.DROP_RATE', 'MODEL.DROP_PATH_RATE', 'MODEL.LABEL_SMOOTHING'):
+        _number(config, key, 'in [0, 1)', lambda v: 0 <= v < 1)
+    _choice(config, 'MODEL.VHEAT.PATCH_SIZE', (4,))
+    _require(config, 'MODEL.VHEAT.IN_CHANS', '3 (the data pipeline makes RGB images)', lambda v: v == 3)
+    _integer(config, 'MODEL.VHEAT.EMBED_DIM', 2)
+    _require(config, 'MODEL.VHEAT.DEPTHS', 'a non-empty list of integers >= 1',
+             lambda v: len(v) > 0 and all(isinstance(d, int) and d >= 1 for d in v))
+    _number(config, 'MODEL.VHEAT.MLP_RATIO', '> 0', lambda v: v > 0)
+    _flag(config, 'MODEL.VHEAT.POST_NORM')
+    _require(config, 'MODEL.VHEAT.LAYER_SCALE', 'None or a number > 0',
+             lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
+    _choice(config, 'MODEL.VHEAT.DCT_IMPL', ('matmul', 'fft'))
+    stride = 4 * 2 ** (len(config.MODEL.VHEAT.DEPTHS) - 1)
+    _require(config, 'DATA.IMG_SIZE', f'an integer >= {stride} (every stage needs a frequency embedding of at '
+             f'least 1x1, at stride {stride} in the last of {len(config.MODEL.VHEAT.DEPTHS)} stages)',
+             lambda v: isinstance(v, int) and v >= stride)
+    _integer(config, 'TRAIN.START_EPOCH', 0)
+    _integer(config, 'TRAIN.EPOCHS', 1)
+    _require(config, 'TRAIN.WARMUP_EPOCHS', f'an integer in [0, TRAIN.EPOCHS = {config.TRAIN.EPOCHS}]',
+             lambda v: isinstance(v, int) and 0 <= v <= config.TRAIN.EPOCHS)
+    _number(config, 'TRAIN.BASE_LR', '> 0', lambda v: v > 0)
+    for key in ('TRAIN.WARMUP_LR', 'TRAIN.MIN_LR', 'TRAIN.WEIGHT_DECAY', 'TRAIN.CLIP_GRAD'):
+        _number(config, key, '>= 0', lambda v: v >= 0)
+    _flag(config, 'TRAIN.AUTO_RESUME')
+    _integer(config, 'TRAIN.ACCUMULATION_STEPS', 1)
+    _flag(config, 'TRAIN.USE_CHECKPOINT')
+    _require(config, 'TRAIN.OPTIMIZER.NAME', "a timm optimizer name (timm.optim.list_optimizers(), e.g. 'adamw')",
+             lambda v: v.lower() in list_optimizers())
+    _number(config, 'TRAIN.OPTIMIZER.EPS', '> 0', lambda v: v > 0)
+    _pair(config, 'TRAIN.OPTIMIZER.BETAS', 'two numbers in [0, 1)', lambda a, b: 0 <= a < 1 and 0 <= b < 1)
+    _number(config, 'TRAIN.OPTIMIZER.MOMENTUM', 'in [0, 1]', lambda v: 0 <= v <= 1)
+    _number(config, 'AUG.COLOR_JITTER', '>= 0', lambda v: v >= 0)
+    _require(config, 'AUG.AUTO_AUGMENT', "'' or 'none', or a timm policy such as 'rand-m9-mstd0.5-inc1'",
+             _auto_augment_policy)
+    for key in ('AUG.REPROB', 'AUG.HFLIP', 'AUG.MIXUP_PROB', 'AUG.MIXUP_SWITCH_PROB'):
+        _number(config, key, 'in [0, 1]', lambda v: 0 <= v <= 1)
+    _choice(config, 'AUG.REMODE', ('const', 'rand', 'pixel'))
+    _integer(config, 'AUG.RECOUNT', 1)
+    _pair(config, 'AUG.SCALE', 'two numbers 0 < min <= max <= 1', lambda a, b: 0 < a <= b <= 1)
+    for key in ('AUG.MIXUP', 'AUG.CUTMIX'):
+        _number(config, key, '>= 0', lambda v: v >= 0)
+    _require(config, 'AUG.CUTMIX_MINMAX', 'None or two numbers 0 < min < max <= 1',
+             lambda v: v is None or (len(v) == 2 and 0 < v[0] < v[1] <= 1))
+    _choice(config, 'AUG.MIXUP_MODE', ('batch', 'pair', 'elem'))
+    for key in ('TEST.CROP', 'MODEL_EMA', 'AMP_ENABLE', 'COMPILE', 'CPU_STREAMING'):
+        _flag(config, key)
+    _number(config, 'MODEL_EMA_DECAY', 'in (0, 1)', lambda v: 0 < v < 1)
+    _choice(config, 'AMP_DTYPE', ('float16', 'bfloat16'))
+    _integer(config, 'SAVE_FREQ', 1)
+    _integer(config, 'PRINT_FREQ', 1)
+    _integer(config, 'SEED', 0)
 
 
 def scale_learning_rates(config: CN, world_size: int) -> CN:
