@@ -1,3 +1,3 @@
-from .build import DataError, build_loader, build_dataset, seed_worker
+from .build import DataError, batches, build_loader, build_dataset, derived_seed, load_image, seed_everything
 
-__all__ = ['DataError', 'build_loader', 'build_dataset', 'seed_worker']
+__all__ = ['DataError', 'batches', 'build_loader', 'build_dataset', 'derived_seed', 'load_image', 'seed_everything']
