@@ -17,38 +17,62 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from classification.models import load_checkpoint  # noqa: E402
+from classification.models import (CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
+                                   UnsafeCheckpointError, load_checkpoint)
 from classification.models.vheat import resize_freq_embed  # noqa: E402
+from classification.utils import CheckpointError, save_checkpoint  # noqa: E402
 
 FREQ_EMBED = re.compile(r'^(?:freq_embed\.(\d+)|stages\.(\d+)\.freq_embed)$')
+MIN_SIZE = 32  # the last of 4 stages has stride 32: its embedding needs at least one cell
 
 
 def interpolate(state_dict: dict, pt_size: int, tg_size: int, mode: str) -> dict:
-    out = {}
+    """The state dict with each stage's (pt_size / 4 / 2^i)^2 frequency embedding brought to tg_size."""
+    stages = {}
     for key, value in state_dict.items():
         match = FREQ_EMBED.match(key)
         if match:
-            stage = int(match.group(1) or match.group(2))
-            expected = pt_size // 4 // 2 ** stage
-            if tuple(value.shape[:2]) != (expected, expected):
-                raise ValueError(f'{key} is {tuple(value.shape)}, not {expected}x{expected}: is --pt_size right?')
-            value = resize_freq_embed(value, (tg_size // 4 // 2 ** stage,) * 2, mode)
-        out[key] = value
+            stages[key] = int(match.group(1) or match.group(2))
+    if not stages:
+        inference = any(k.endswith('k_exp') for k in state_dict)
+        raise IncompatibleCheckpointError(
+            'the checkpoint is in inference layout (decay maps folded): use a training-layout checkpoint'
+            if inference else 'the checkpoint has no vHeat frequency embeddings (freq_embed.<i> or '
+            'stages.<i>.freq_embed): not a vHeat classification checkpoint')
+    out = dict(state_dict)
+    for key, stage in stages.items():
+        value = state_dict[key]
+        expected = pt_size // 4 // 2 ** stage
+        if not isinstance(value, torch.Tensor) or value.ndim != 3 or tuple(value.shape[:2]) != (expected, expected):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise IncompatibleCheckpointError(f'{key} is {shape}, not {expected}x{expected}xC: is --pt_size right?')
+        out[key] = resize_freq_embed(value, (tg_size // 4 // 2 ** stage,) * 2, mode)
     return out
 
 
-def main():
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pt_pth', required=True, help='classification checkpoint (official or ours)')
     parser.add_argument('--pt_size', type=int, default=224, help='its training resolution')
     parser.add_argument('--tg_pth', required=True, help='output checkpoint')
     parser.add_argument('--tg_size', type=int, default=512, help='downstream resolution (the model img_size)')
     parser.add_argument('--mode', choices=['zero', 'bicubic'], default='zero')
-    args = parser.parse_args()
-    checkpoint = load_checkpoint(args.pt_pth)
-    state_dict = checkpoint.get('model', checkpoint)
-    state_dict = interpolate(state_dict, args.pt_size, args.tg_size, args.mode)
-    torch.save({'model': state_dict}, args.tg_pth)
+    args = parser.parse_args(argv)
+    for flag, size in (('--pt_size', args.pt_size), ('--tg_size', args.tg_size)):
+        if size < MIN_SIZE:
+            sys.exit(f'error: {flag} must be at least {MIN_SIZE} (one cell of frequency embedding at stride 32), '
+                     f'got {size}')
+    try:
+        checkpoint = load_checkpoint(args.pt_pth)
+        state_dict = checkpoint.get('model', checkpoint)
+        if not isinstance(state_dict, dict):
+            raise IncompatibleCheckpointError(f"'model' holds a {type(state_dict).__name__}, not a state dict")
+        state_dict = interpolate(state_dict, args.pt_size, args.tg_size, args.mode)
+        save_checkpoint(args.tg_pth, {'model': state_dict})
+    except IncompatibleCheckpointError as e:
+        sys.exit(f'error: {args.pt_pth}: {e}')
+    except (CheckpointFormatError, UnsafeCheckpointError, CheckpointError, FileNotFoundError) as e:
+        sys.exit(f'error: {e}')
     print(f'wrote {args.tg_pth}: frequency embeddings {args.pt_size} -> {args.tg_size} ({args.mode})')
 
 

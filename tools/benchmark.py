@@ -85,8 +85,8 @@ def variants(model: torch.nn.Module, label: str, args, device: torch.device, inf
     out = {label: model}
     if inference and label.startswith('vHeat') and device.type == 'cpu':
         out[label + STREAMING] = enable_cpu_streaming(copy.deepcopy(model))
-    if args.compile:
-        out[label + COMPILED] = torch.compile(copy.deepcopy(model))
+    if args.compile:  # a graph per input size: symbolic sizes hit pytorch/pytorch#185510 in inductor
+        out[label + COMPILED] = torch.compile(copy.deepcopy(model), dynamic=False)
     return out
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Usage: tools/dist_test.sh CONFIG CHECKPOINT GPUS [tools/test.py args, e.g. --tta]. Without a GPU, GPUS is
-# the number of CPU processes (gloo). PORT (default 29500) and PYTHON can be set.
+# Usage: tools/dist_test.sh CONFIG CHECKPOINT GPUS [tools/test.py args, e.g. --tta]. Without a GPU, GPUS is the
+# number of CPU processes (gloo). Relative paths are the caller's (run from anywhere). PORT (default 29500) and
+# PYTHON (default the repository's .venv/bin/python, else python) can be set.
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
 shift 3
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m torch.distributed.run \
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python)}
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m torch.distributed.run \
   --nproc_per_node="$GPUS" --master_port="${PORT:-29500}" \
-  tools/test.py "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"
+  "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"

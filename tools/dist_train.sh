@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_train.sh CONFIG GPUS [tools/train.py args]. Without a GPU, GPUS is the number of CPU
-# processes (gloo). PORT (default 29500) and PYTHON (default .venv/bin/python or python) can be set.
+# processes (gloo). Relative paths are the caller's (run from anywhere). PORT (default 29500) and PYTHON (default
+# the repository's .venv/bin/python, else python) can be set.
 set -euo pipefail
 CONFIG=$1
 GPUS=$2
 shift 2
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m torch.distributed.run \
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python)}
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m torch.distributed.run \
   --nproc_per_node="$GPUS" --master_port="${PORT:-29500}" \
-  tools/train.py "$CONFIG" --launcher pytorch "$@"
+  "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "$@"

@@ -4,7 +4,7 @@
     python tools/export_onnx.py --model vheat_tiny --out vheat_tiny.onnx --benchmark --batch 16   # CPU images/s
 
 The exported graph is the inference layout (``infer_init``: decay maps folded) at one resolution (``--img-size``,
-square); the batch dimension is dynamic. Export another file for another resolution. The export uses torch's
+square), weights included in the one file; the batch dimension is dynamic. Export another file for another resolution. The export uses torch's
 exporter (``torch.onnx.export(dynamo=True)``); onnx, onnxscript and onnxruntime come from
 ``requirements-export.txt`` (``tools/install.sh`` installs them); the model itself never imports them.
 """
@@ -52,7 +52,7 @@ def build(args) -> torch.nn.Module:
 def export(model: torch.nn.Module, img_size: int, path: str) -> None:
     example = torch.randn(2, 3, img_size, img_size)
     torch.onnx.export(model, (example,), path, dynamo=True, input_names=['image'], output_names=['logits'],
-                      dynamic_shapes={'x': {0: torch.export.Dim('batch')}})
+                      dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, external_data=False)
 
 
 def main(argv=None) -> None:

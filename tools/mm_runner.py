@@ -1,7 +1,9 @@
-"""What tools/train.py and tools/test.py share: config loading, CPU/gloo set-up, safe checkpoint globals."""
+"""What tools/train.py and tools/test.py share: config loading, CPU/gloo set-up, safe checkpoint globals,
+strict checkpoint loading and one-line errors."""
 import argparse
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -11,6 +13,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging.history_buffer import HistoryBuffer  # noqa: E402
+from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
+
+from classification.models.serialization import (CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
+                                                 UnsafeCheckpointError, key_mismatch, load_checkpoint)
+from classification.utils import CheckpointError  # noqa: E402
+
+ONE_LINE_ERRORS = (IncompatibleCheckpointError, CheckpointFormatError, UnsafeCheckpointError, CheckpointError,
+                   FileNotFoundError)
+
+
+def run_or_exit(fn: Callable[[], object]) -> None:
+    """Run ``fn``; a checkpoint that cannot be used, or cannot be written, ends it with one line on stderr."""
+    try:
+        fn()
+    except ONE_LINE_ERRORS as e:
+        sys.exit(f'error: {e.args[0] if e.args else e}')
+
+
+def load_weights_strictly(model: torch.nn.Module, path: str) -> None:
+    """Load a Runner checkpoint (or a plain state dict) into the model under its wrappers; every key must fit."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    checkpoint = load_checkpoint(path)
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    mismatch = key_mismatch(state_dict, model.state_dict())
+    if mismatch:
+        raise IncompatibleCheckpointError(f'{path} does not fit the {type(model).__name__} of the config: {mismatch}')
+    model.load_state_dict(state_dict, strict=True)
 
 
 def allow_runner_checkpoints() -> None:

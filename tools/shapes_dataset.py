@@ -165,7 +165,7 @@ def _short_schedule(max_iters: int, lr: float) -> Dict:
                               end=max(1, min(max_iters // 10, 50)))],
         optim_wrapper=dict(optimizer=dict(lr=lr)),
         default_hooks=dict(logger=dict(type='LoggerHook', interval=max(1, max_iters // 20)),
-                           checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
+                           checkpoint=dict(type='DurableCheckpointHook', by_epoch=False, interval=max_iters,
                                            max_keep_ckpts=1)),
         log_processor=dict(by_epoch=False), randomness=dict(seed=0))
 

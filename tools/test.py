@@ -5,7 +5,7 @@ tools/dist_test.sh.
 """
 import argparse
 
-from mm_runner import add_common_args, allow_runner_checkpoints, load_config
+from mm_runner import add_common_args, allow_runner_checkpoints, load_config, load_weights_strictly, run_or_exit
 from mmengine.runner import Runner
 
 
@@ -19,14 +19,19 @@ def main():
     args = parser.parse_args()
     allow_runner_checkpoints()
     cfg = load_config(args)
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # loaded below, strictly: mmengine would only log the keys of a checkpoint that does not fit
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             parser.error(f'{args.config} defines no tta_model/tta_pipeline')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
-    Runner.from_cfg(cfg).test()
+
+    def test():
+        runner = Runner.from_cfg(cfg)
+        load_weights_strictly(runner.model, args.checkpoint)
+        runner.test()
+    run_or_exit(test)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@
 """
 import argparse
 
-from mm_runner import add_common_args, allow_runner_checkpoints, load_config
+from mm_runner import add_common_args, allow_runner_checkpoints, load_config, run_or_exit
 from mmengine.runner import Runner
 
 
@@ -17,7 +17,7 @@ def main():
     allow_runner_checkpoints()
     cfg = load_config(args)
     cfg.resume = args.resume
-    Runner.from_cfg(cfg).train()
+    run_or_exit(lambda: Runner.from_cfg(cfg).train())
 
 
 if __name__ == '__main__':

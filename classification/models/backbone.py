@@ -8,7 +8,7 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
-from .serialization import load_checkpoint
+from .serialization import IncompatibleCheckpointError, key_mismatch, load_checkpoint
 from .vheat import FREQ_EMBED_RESIZE, checkpoint_filter_fn, vHeat
 
 _logger = logging.getLogger(__name__)
@@ -65,14 +65,24 @@ class vHeatBackbone(vHeat):
         return [self.out_norms[i](f).permute(0, 3, 1, 2) for i, f in zip(sorted(self.out_indices), feats)]
 
     def load_pretrained(self, path: str) -> nn.modules.module._IncompatibleKeys:
-        """Load a classification checkpoint (official or ours): classifier dropped, frequency embeddings
-        brought to this model's ``img_size`` (``freq_embed_resize``); missing/unexpected keys are logged and returned."""
+        """Load a classification checkpoint (official or ours): classifier dropped, frequency embeddings brought to
+        this model's ``img_size`` (``freq_embed_resize``). Only the output norms (new) and the stages after the last
+        output may differ; anything else is an IncompatibleCheckpointError naming the keys."""
         checkpoint = load_checkpoint(path)
         state_dict = checkpoint.get('model', checkpoint.get('state_dict', checkpoint))
-        state_dict = checkpoint_filter_fn(state_dict, self, self.freq_embed_resize)
-        dropped = [k for k in state_dict if k.startswith('head.')]
+        if not isinstance(state_dict, dict):
+            raise IncompatibleCheckpointError(f'{path}: expected a state dict, got {type(state_dict).__name__}')
+        try:
+            state_dict = checkpoint_filter_fn(state_dict, self, self.freq_embed_resize)
+        except (ValueError, KeyError, AttributeError) as e:
+            raise IncompatibleCheckpointError(f'{path}: {e.args[0] if e.args else e}') from None
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
-        result = self.load_state_dict(state_dict, strict=False)
-        _logger.info('Loaded %s into vHeatBackbone; classifier dropped: %s; missing keys: %s; '
-                        'unexpected keys: %s', path, dropped, result.missing_keys, result.unexpected_keys)
+        dropped = tuple(f'stages.{i}.' for i in range(len(self.stages), len(self.depths)))
+        mismatch = key_mismatch(state_dict, self.state_dict(), ('out_norms.',), dropped)
+        if mismatch:
+            raise IncompatibleCheckpointError(f'{path} does not fit the vHeat backbone (another architecture or '
+                                              f'size?): {mismatch}')
+        result = self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith(dropped)},
+                                      strict=False)
+        _logger.info('Loaded %s into vHeatBackbone (output norms start as initialised)', path)
         return result

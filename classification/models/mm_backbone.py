@@ -14,7 +14,8 @@ class MMvHeat(vHeatBackbone, BaseModule):
     """vHeatBackbone as an mmengine BaseModule; parameter names stay those of the classifier.
 
     ``init_cfg=dict(type='Pretrained', checkpoint=path)`` loads an official-format or our own classification
-    checkpoint with :meth:`vHeatBackbone.load_pretrained` (mmengine's loader would not rename official keys).
+    checkpoint with :meth:`vHeatBackbone.load_pretrained` (mmengine's loader would not rename official keys, and
+    would only log the keys of a checkpoint that does not fit: this refuses it).
     """
 
     def __init__(self, init_cfg: Optional[dict] = None, **kwargs):
@@ -25,8 +26,7 @@ class MMvHeat(vHeatBackbone, BaseModule):
         if self.init_cfg and self.init_cfg.get('type') == 'Pretrained':
             logger = MMLogger.get_current_instance()
             result = self.load_pretrained(self.init_cfg['checkpoint'])
-            logger.info(f'vHeat pretrained {self.init_cfg["checkpoint"]}: missing keys {result.missing_keys}, '
-                        f'unexpected keys {result.unexpected_keys}')
+            logger.info(f'vHeat pretrained {self.init_cfg["checkpoint"]}: newly initialised {result.missing_keys}')
             self._is_init = True
         else:
             super().init_weights()
