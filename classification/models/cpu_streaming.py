@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dct import dct2d, dct_matrix
-from .vheat import HeatBlock, HeatStage, Stem, _nchw, _nhwc, check_image_batch, resize_map, vHeat
+from .dct import dct_matrix, dctn
+from .vheat import HeatBlock, HeatStage, Stem, check_image_batch, resize_map, vHeat
+from .vheat import _channels_first as _nchw, _channels_last as _nhwc
 
 __all__ = ['enable_cpu_streaming', 'disable_cpu_streaming']
 
@@ -199,7 +200,7 @@ class StreamingHeatBlock(HeatBlock):
     def _decay(self, size: List[int], freq_embed: Optional[torch.Tensor]) -> torch.Tensor:
         """The operator's decay map; a resized ``k_exp`` is kept until the size or the weights change."""
         op = self.op
-        if not op.infer_mode or list(op.k_exp.shape[:2]) == size:
+        if not op.infer_mode or list(op.k_exp.shape[:-1]) == size:
             return op.decay(size, freq_embed)
         key = (tuple(size), op.k_exp.data_ptr(), op.k_exp._version)
         cached = getattr(self, '_streaming_decay', None)
@@ -221,8 +222,8 @@ class StreamingHeatBlock(HeatBlock):
         x = _nhwc(op.dwconv(_nchw(x)))
         (w_u, b_u), (w_z, b_z) = self._split_linear()
         u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
-        spectrum = dct2d(u, op.dct_impl).mul_(self._decay([u.shape[1], u.shape[2]], freq_embed))
-        return self._gate(dct2d(spectrum, op.dct_impl, inverse=True), z)
+        spectrum = dctn(u, op.dct_impl).mul_(self._decay([u.shape[1], u.shape[2]], freq_embed))
+        return self._gate(dctn(spectrum, op.dct_impl, inverse=True), z)
 
     def _whole(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor],
                out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -317,7 +318,9 @@ _REFERENCE = {engine: reference for reference, engine in _ENGINE.items()}
 
 
 def enable_cpu_streaming(model: nn.Module) -> nn.Module:
-    """Switch the CPU streaming engine on for every vHeat module in ``model``; returns ``model``."""
+    """Switch the CPU streaming engine on for every vHeat module in ``model`` (2-D vHeat); returns ``model``."""
+    if any(isinstance(module, nn.Conv3d) for module in model.modules()):
+        raise ValueError('the CPU streaming engine streams 2-D feature maps; vHeat3D runs its reference forward')
     for module in model.modules():
         if type(module) in _ENGINE:
             module.__class__ = _ENGINE[type(module)]

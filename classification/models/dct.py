@@ -1,7 +1,9 @@
-"""Orthonormal 2-D DCT-II / DCT-III on channels-last tensors, and the heat-conduction core built on them.
+"""Orthonormal DCT-II / DCT-III along every spatial axis of channels-last tensors, and the heat-conduction core
+built on them, for 2-D maps (B, H, W, C) and 3-D volumes (B, D, H, W, C) alike: one implementation, an axis at a
+time.
 
-Two interchangeable implementations of the transform along the spatial axes of a (B, H, W, C) tensor, chosen
-per model (``vHeat(dct_impl=...)``), never per input:
+Two interchangeable implementations of the transform, chosen per model (``vHeat(dct_impl=...)``), never per
+input:
 - ``matmul`` (default): multiplies by the N x N DCT matrix, O(N) work per output element; what the official code
   computes (as 1-D convolutions), and the fastest for the feature maps of a classifier.
 - ``fft``: Makhoul's algorithm, one real FFT of length N per line, O(log N) per element, for large maps on
@@ -15,7 +17,7 @@ registered with timm as FX leaves (their shapes are read inside) and are scripta
 """
 import math
 from functools import lru_cache
-from typing import List
+from typing import List, Tuple
 
 import torch
 from timm.layers import register_notrace_function
@@ -35,13 +37,16 @@ def dct_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor
 
 
 @lru_cache(maxsize=128)
-def frequency_distance(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(w_n^2 + w_m^2) with w_n = n*pi/H, w_m = m*pi/W, shaped (H, W, 1): the decay is exp(-k * this)."""
+def frequency_distance(size: Tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Sum over the axes of (w_n)^2, w_n = n*pi/N for an axis of length N: for an (H, W) map w_n^2 + w_m^2, shaped
+    (*size, 1); the decay is exp(-k * this)."""
     with torch.inference_mode(False):
-        w_n = torch.arange(height, dtype=torch.float64) * (math.pi / height)
-        w_m = torch.arange(width, dtype=torch.float64) * (math.pi / width)
-        dist = w_n[:, None] ** 2 + w_m[None, :] ** 2
-        return dist[:, :, None].to(device=device, dtype=dtype)
+        dist = torch.zeros(size, dtype=torch.float64)
+        for axis, n in enumerate(size):
+            shape = [1] * len(size)
+            shape[axis] = n
+            dist = dist + ((torch.arange(n, dtype=torch.float64) * (math.pi / n)) ** 2).view(shape)
+        return dist[..., None].to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=128)
@@ -80,8 +85,8 @@ def _dct_matrix_like(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.ignore
-def _frequency_distance_like(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    return _cached(frequency_distance, height, width, like.device, like.dtype)
+def _frequency_distance_like(size: List[int], like: torch.Tensor) -> torch.Tensor:
+    return _cached(frequency_distance, tuple(size), like.device, like.dtype)
 
 
 @torch.jit.ignore
@@ -123,33 +128,37 @@ def idct_fft(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.fft.irfft(spec, n=n, dim=dim).index_select(dim, inverse_order)
 
 
-def dct2d(x: torch.Tensor, impl: str = 'matmul', inverse: bool = False) -> torch.Tensor:
-    """2-D orthonormal DCT-II (or its inverse) over the spatial axes of a channels-last (B, H, W, C) tensor."""
-    if x.ndim != 4:
-        raise ValueError(f'dct2d expects a (B, H, W, C) tensor, got shape {list(x.shape)}')
+def dctn(x: torch.Tensor, impl: str = 'matmul', inverse: bool = False) -> torch.Tensor:
+    """Orthonormal DCT-II (or its inverse) along every spatial axis of a channels-last (B, *spatial, C) tensor."""
+    if x.ndim < 3:
+        raise ValueError(f'dctn expects a channels-last (B, *spatial, C) tensor, got shape {list(x.shape)}')
     if impl == 'fft':
         work = x.to(torch.promote_types(x.dtype, torch.float32))  # half-precision FFTs are restricted
-        if inverse:
-            return idct_fft(idct_fft(work, 1), 2).to(x.dtype)
-        return dct_fft(dct_fft(work, 1), 2).to(x.dtype)
+        for dim in range(1, x.ndim - 1):
+            work = idct_fft(work, dim) if inverse else dct_fft(work, dim)
+        return work.to(x.dtype)
     if impl != 'matmul':
         raise ValueError(f"dct_impl must be 'matmul' or 'fft', got '{impl}'")
-    batch, height, width, channels = x.shape
-    mat_h = _dct_matrix_like(height, x)
-    mat_w = _dct_matrix_like(width, x)
-    if inverse:
-        mat_h, mat_w = mat_h.t(), mat_w.t()
-    x = torch.matmul(mat_h, x.reshape(batch, height, width * channels)).view(batch, height, width, channels)
-    return torch.matmul(mat_w, x)
+    shape = x.shape
+    for dim in range(1, x.ndim - 1):  # (D @) (H @) (W @): each axis as the middle one of a 3-D view, no copies
+        mat = _dct_matrix_like(shape[dim], x)
+        lead, trail = 1, 1
+        for size in shape[:dim]:
+            lead *= size
+        for size in shape[dim + 1:]:
+            trail *= size
+        x = torch.matmul(mat.t() if inverse else mat, x.reshape(lead, shape[dim], trail)).view(shape)
+    return x
 
 
 @register_notrace_function
 def heat_conduction(x: torch.Tensor, decay: torch.Tensor, impl: str = 'matmul') -> torch.Tensor:
-    """u(t) = IDCT2D(DCT2D(x) * decay) for channels-last x (B, H, W, C) and a (H, W, C) decay map."""
-    return dct2d(dct2d(x, impl) * decay, impl, inverse=True)
+    """u(t) = IDCT(DCT(x) * decay) along the spatial axes of a channels-last (B, *spatial, C) tensor, with a
+    (*spatial, C) decay map."""
+    return dctn(dctn(x, impl) * decay, impl, inverse=True)
 
 
 @register_notrace_function
 def heat_decay(k: torch.Tensor) -> torch.Tensor:
-    """The decay map exp(-(w_n^2 + w_m^2) * k) of a diffusivity map k (H, W, C) >= 0 at its own size."""
-    return torch.exp(-_frequency_distance_like(k.shape[0], k.shape[1], k) * k)
+    """The decay map exp(-(w_n^2 + w_m^2 [+ w_d^2]) * k) of a diffusivity map k (*spatial, C) >= 0 at its own size."""
+    return torch.exp(-_frequency_distance_like(k.shape[:-1], k) * k)

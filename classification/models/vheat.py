@@ -7,7 +7,8 @@ per stage. ``infer_init()`` folds the fixed k of a trained model into a precompu
 
 Every module has one forward, the official math, whatever the device or the input size; the whole network runs
 channels-last (B, H, W, C), so LayerNorms, Linear layers and the DCT matrix products need no layout copies and
-convolutions see channels-last NCHW views. It traces with torch.fx (the DCT core and the map resizing are FX
+convolutions see channels-last NCHW views. The same modules serve volumes and video (B, D, H, W, C) with 3-D
+convolutions and a DCT along one more axis (:mod:`.vheat3d`). It traces with torch.fx (the DCT core and the map resizing are FX
 leaves), scripts with TorchScript, compiles with ``torch.compile(fullgraph=True)`` and exports to ONNX. Execution
 engines that are faster on one kind of machine live elsewhere and are switched on explicitly
 (:func:`classification.models.cpu_streaming.enable_cpu_streaming`).
@@ -17,7 +18,7 @@ are converted on load by :func:`checkpoint_filter_fn`, which ``load_state_dict``
 """
 import logging
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Final, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -37,96 +38,119 @@ _logger = logging.getLogger(__name__)
 FREQ_EMBED_RESIZE = ('bicubic', 'zero')
 
 
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
 @register_notrace_function
 def resize_map(t: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """Bicubically resize an (H, W, C) map (frequency embedding or decay) to ``size``; as it is if it fits."""
-    if t.shape[0] == size[0] and t.shape[1] == size[1]:
+    """Resize an (*spatial, C) map (frequency embedding or decay) to ``size``, bicubically in 2-D and trilinearly
+    in 3-D; as it is if it fits."""
+    if t.shape[:-1] == size:
         return t
-    resized = F.interpolate(t.permute(2, 0, 1)[None].float(), size=size, mode='bicubic', align_corners=False)
-    return resized[0].permute(1, 2, 0).to(t.dtype)
+    mode = 'bicubic' if len(size) == 2 else 'trilinear'
+    resized = F.interpolate(t.movedim(-1, 0)[None].float(), size=size, mode=mode, align_corners=False)
+    return resized[0].movedim(0, -1).to(t.dtype)
 
 
-def resize_freq_embed(embed: torch.Tensor, size: Tuple[int, int], mode: str = 'bicubic') -> torch.Tensor:
-    """A stage's (H, W, C) frequency embedding at another resolution.
+def resize_freq_embed(embed: torch.Tensor, size: Sequence[int], mode: str = 'bicubic') -> torch.Tensor:
+    """A stage's (*spatial, C) frequency embedding at another resolution.
 
-    ``bicubic`` stretches it (what any input size does on the fly). ``zero`` is the official downstream
-    initialisation (``interpolate4downstream.py``): the embedding keeps its values at the low frequencies (top-left)
-    and the new high frequencies start at zero; a smaller target keeps the top-left corner.
+    ``bicubic`` resizes it (trilinearly in 3-D; what any input size does on the fly). ``zero`` is the official
+    downstream initialisation (``interpolate4downstream.py``): the embedding keeps its values at the low frequencies
+    (the first ones along each axis) and the new high frequencies start at zero; a smaller target keeps the start.
     """
     if mode == 'bicubic':
         return resize_map(embed, list(size))
     if mode != 'zero':
         raise ValueError(f'frequency embedding resize mode must be one of {FREQ_EMBED_RESIZE}, got {mode!r}')
-    out = embed.new_zeros(tuple(size) + embed.shape[2:])
-    height, width = min(size[0], embed.shape[0]), min(size[1], embed.shape[1])
-    out[:height, :width] = embed[:height, :width]
+    out = embed.new_zeros(tuple(size) + embed.shape[-1:])
+    kept = tuple(slice(0, min(target, source)) for target, source in zip(size, embed.shape[:-1]))
+    out[kept] = embed[kept]
     return out
 
 
 @register_notrace_function
-def check_image_batch(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself if it is a (B, C, H, W) batch; a ValueError naming its shape otherwise."""
-    if x.ndim != 4:
-        raise ValueError(f'vHeat expects a (B, C, H, W) image batch, got shape {list(x.shape)}')
+def check_image_batch(x: torch.Tensor, spatial_dims: int = 2) -> torch.Tensor:
+    """``x`` itself if it is a (B, C, H, W) batch (or (B, C, D, H, W) in 3-D); a ValueError naming its shape
+    otherwise."""
+    if x.ndim != spatial_dims + 2:
+        layout = '(B, C, H, W) image' if spatial_dims == 2 else '(B, C, D, H, W) volume'
+        raise ValueError(f'vHeat expects a {layout} batch, got shape {list(x.shape)}')
     return x
 
 
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    """View a channels-last (B, H, W, C) tensor as NCHW (channels_last memory, no copy)."""
-    return x.permute(0, 3, 1, 2)
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """View a channels-last (B, *spatial, C) tensor as (B, C, *spatial) (channels-last memory, no copy)."""
+    return x.movedim(-1, 1)
 
 
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    """View an NCHW tensor as channels-last (B, H, W, C); free when its memory is channels_last."""
-    return x.permute(0, 2, 3, 1)
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """View a (B, C, *spatial) tensor as channels-last (B, *spatial, C); free when its memory is channels-last."""
+    return x.movedim(1, -1)
+
+
+def _per_axis(value: Union[int, Sequence[int]], spatial_dims: int, name: str) -> Tuple[int, ...]:
+    values = (value,) * spatial_dims if isinstance(value, int) else tuple(value)
+    if len(values) != spatial_dims:
+        raise ValueError(f'{name} needs one value per spatial axis ({spatial_dims}), got {value!r}')
+    return values
 
 
 class Stem(nn.Module):
-    """Two stride-2 3x3 convolutions with LayerNorms and a GELU: stride 4, output channels-last."""
+    """Two 3x3 convolutions (stride 2 each: stride 4) with LayerNorms and a GELU, output channels-last.
 
-    def __init__(self, in_chans: int, out_chans: int):
+    ``stride`` gives the total stride per spatial axis (1, 2 or 4; its length, 2 or 3, the dimensionality).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, stride: Sequence[int] = (4, 4)):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, out_chans // 2, kernel_size=3, stride=2, padding=1)
+        conv = _CONV[len(stride)]
+        first = tuple(min(s, 2) for s in stride)
+        self.conv1 = conv(in_chans, out_chans // 2, kernel_size=3, stride=first, padding=1)
         self.norm1 = nn.LayerNorm(out_chans // 2, eps=1e-6)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(out_chans // 2, out_chans, kernel_size=3, stride=2, padding=1)
+        self.conv2 = conv(out_chans // 2, out_chans, kernel_size=3, stride=tuple(s // f for s, f in zip(stride, first)),
+                          padding=1)
         self.norm2 = nn.LayerNorm(out_chans, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(_nhwc(self.conv1(x))))
-        return self.norm2(_nhwc(self.conv2(_nchw(x))))
+        x = self.act(self.norm1(_channels_last(self.conv1(x))))
+        return self.norm2(_channels_last(self.conv2(_channels_first(x))))
 
 
 class Downsample(nn.Module):
-    """3x3 stride-2 convolution (no bias) and LayerNorm between stages, channels-last in and out."""
+    """3x3 convolution (stride 2 per axis unless ``stride`` says otherwise; no bias) and LayerNorm between stages,
+    channels-last in and out."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, stride: Sequence[int] = (2, 2)):
         super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.conv = _CONV[len(stride)](in_dim, out_dim, kernel_size=3, stride=tuple(stride), padding=1, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(_nhwc(self.conv(_nchw(x))))
+        return self.norm(_channels_last(self.conv(_channels_first(x))))
 
 
 class HeatConduction(nn.Module):
-    """The Heat Conduction Operator on a channels-last (B, H, W, C) map.
+    """The Heat Conduction Operator on a channels-last (B, H, W, C) map (or (B, D, H, W, C) volume).
 
     phi(x) = Linear(DWConv3x3(x)) gives the heat source u0 and a gate z; the output is
-    Linear(LayerNorm(IDCT2D(DCT2D(u0) * decay)) * SiLU(z)). In training layout the decay is
-    exp(-(w_n^2 + w_m^2) * k) with k = ReLU(to_k(freq_embed)); in inference layout it is the stored ``k_exp``.
+    Linear(LayerNorm(IDCT(DCT(u0) * decay)) * SiLU(z)), the DCTs along every spatial axis. In training layout the
+    decay is exp(-(w_n^2 + w_m^2 [+ w_d^2]) * k) with k = ReLU(to_k(freq_embed)); in inference layout it is the
+    stored ``k_exp``. ``res``: the spatial size of the frequency embedding (its length, 2 or 3, the dimensionality).
     """
 
-    def __init__(self, dim: int, res: int, infer_mode: bool = False, dct_impl: str = 'matmul'):
+    def __init__(self, dim: int, res: Sequence[int], infer_mode: bool = False, dct_impl: str = 'matmul'):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.spatial_dims = len(res)
+        self.dwconv = _CONV[len(res)](dim, dim, kernel_size=3, padding=1, groups=dim)
         self.linear = nn.Linear(dim, 2 * dim)
         self.out_norm = nn.LayerNorm(dim)
         self.out_linear = nn.Linear(dim, dim)
         self.dct_impl = dct_impl
         if infer_mode:
-            self.k_exp = nn.Parameter(torch.exp(-frequency_distance(res, res, torch.device('cpu'), torch.float32))
-                                      .expand(res, res, dim).clone(), requires_grad=False)
+            distance = frequency_distance(tuple(res), torch.device('cpu'), torch.float32)
+            self.k_exp = nn.Parameter(torch.exp(-distance).expand(*res, dim).clone(), requires_grad=False)
         else:
             self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
 
@@ -135,8 +159,8 @@ class HeatConduction(nn.Module):
         return hasattr(self, 'k_exp')
 
     def decay(self, size: List[int], freq_embed: Optional[torch.Tensor]) -> torch.Tensor:
-        """The (H, W, C) decay map exp(-(w_n^2 + w_m^2))^k at feature size ``size``; ``freq_embed`` is the
-        stage's embedding at that size (training layout)."""
+        """The (*size, C) decay map exp(-(w_n^2 + w_m^2 [+ w_d^2]))^k at feature size ``size``; ``freq_embed`` is
+        the stage's embedding at that size (training layout)."""
         if hasattr(self, 'k_exp'):
             return resize_map(self.k_exp, size)
         if freq_embed is None:
@@ -146,24 +170,26 @@ class HeatConduction(nn.Module):
     @torch.no_grad()
     def fold_decay(self, freq_embed: torch.Tensor) -> None:
         """Switch to inference layout: store the decay of ``freq_embed`` as ``k_exp`` and drop ``to_k``."""
-        self.k_exp = nn.Parameter(self.decay(list(freq_embed.shape[:2]), freq_embed), requires_grad=False)
+        self.k_exp = nn.Parameter(self.decay(list(freq_embed.shape[:-1]), freq_embed), requires_grad=False)
         del self.to_k
 
     def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = _nhwc(self.dwconv(_nchw(x)))
+        x = _channels_last(self.dwconv(_channels_first(x)))
         # the two halves of `linear` as two products: u comes out contiguous for the DCT
         w_u, w_z = self.linear.weight.chunk(2)
         b_u, b_z = self.linear.bias.chunk(2)
         u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
-        u = heat_conduction(u, self.decay([u.shape[1], u.shape[2]], freq_embed), self.dct_impl)
+        size = [u.shape[axis + 1] for axis in range(self.spatial_dims)]
+        u = heat_conduction(u, self.decay(size, freq_embed), self.dct_impl)
         return self.out_linear(self.out_norm(u) * F.silu(z))
 
 
 class HeatBlock(nn.Module):
     """HCO and MLP residual branches, pre-norm or post-norm, with optional layer scale and drop path."""
 
-    def __init__(self, dim: int, res: int, drop_path: float = 0., mlp_ratio: float = 4.0, post_norm: bool = True,
-                 layer_scale: Optional[float] = None, infer_mode: bool = False, dct_impl: str = 'matmul'):
+    def __init__(self, dim: int, res: Sequence[int], drop_path: float = 0., mlp_ratio: float = 4.0,
+                 post_norm: bool = True, layer_scale: Optional[float] = None, infer_mode: bool = False,
+                 dct_impl: str = 'matmul'):
         super().__init__()
         self.post_norm = post_norm
         self.norm1 = nn.LayerNorm(dim)
@@ -183,15 +209,18 @@ class HeatBlock(nn.Module):
 
 
 class HeatStage(nn.Module):
-    """Optional downsampling, then HeatBlocks that share this stage's frequency value embedding."""
+    """Optional downsampling, then HeatBlocks that share this stage's frequency value embedding (of spatial size
+    ``res``)."""
 
-    def __init__(self, in_dim: int, dim: int, depth: int, res: int, drop_path: Sequence[float],
-                 infer_mode: bool = False, use_checkpoint: bool = False, **block_kwargs):
+    def __init__(self, in_dim: int, dim: int, depth: int, res: Sequence[int], drop_path: Sequence[float],
+                 infer_mode: bool = False, use_checkpoint: bool = False, downsample_stride: Sequence[int] = (2, 2),
+                 **block_kwargs):
         super().__init__()
-        self.downsample = Downsample(in_dim, dim) if in_dim != dim else nn.Identity()
+        self.spatial_dims = len(res)
+        self.downsample = Downsample(in_dim, dim, downsample_stride) if in_dim != dim else nn.Identity()
         self.grad_checkpointing = use_checkpoint
         if not infer_mode:
-            self.freq_embed = nn.Parameter(torch.zeros(res, res, dim))
+            self.freq_embed = nn.Parameter(torch.zeros(*res, dim))
             trunc_normal_(self.freq_embed, std=.02)
         self.blocks = nn.ModuleList(
             HeatBlock(dim, res, drop_path=drop_path[i], infer_mode=infer_mode, **block_kwargs) for i in range(depth))
@@ -206,7 +235,7 @@ class HeatStage(nn.Module):
         x = self.downsample(x)
         freq_embed: Optional[torch.Tensor] = None
         if hasattr(self, 'freq_embed'):  # training layout: the embedding at this feature size
-            freq_embed = resize_map(self.freq_embed, [x.shape[1], x.shape[2]])
+            freq_embed = resize_map(self.freq_embed, [x.shape[axis + 1] for axis in range(self.spatial_dims)])
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x, freq_embed, use_reentrant=False)
@@ -216,7 +245,8 @@ class HeatStage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """LayerNorm, global average pooling ('avg', or '' for none), dropout and the linear classifier."""
+    """LayerNorm, global average pooling over the spatial axes ('avg', or '' for none), dropout and the linear
+    classifier."""
 
     def __init__(self, dim: int, num_classes: int, drop_rate: float = 0., global_pool: str = 'avg'):
         super().__init__()
@@ -230,7 +260,7 @@ class ClassifierHead(nn.Module):
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(x)
         if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
+            x = x.flatten(1, -2).mean(1)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
@@ -239,7 +269,7 @@ class vHeat(nn.Module):
     """vHeat classifier / backbone. Arguments follow the official constructor.
 
     Args:
-        patch_size: stride of the stem (two stride-2 convolutions, so only 4 is possible).
+        patch_size: stride of the stem, 4 (two stride-2 convolutions); per axis (1, 2 or 4 each) in 3-D.
         in_chans: input image channels.
         num_classes: classifier outputs (0 for no classifier).
         depths: HeatBlocks per stage.
@@ -254,19 +284,24 @@ class vHeat(nn.Module):
         drop_rate: dropout before the classifier.
         dct_impl: 'matmul' or 'fft' (see :mod:`classification.models.dct`).
         global_pool: 'avg', or '' to keep the (normalised) final map.
+        downsample_stride: stride of the downsampling between stages, 2; per axis in 3-D.
     """
 
-    output_fmt = 'NHWC'  # forward_features returns channels-last maps
+    spatial_dims: Final[int] = 2      # vHeat3D: 3
+    output_fmt = 'NHWC'   # forward_features returns channels-last maps
 
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, num_classes: int = 1000,
+    def __init__(self, patch_size: Union[int, Sequence[int]] = 4, in_chans: int = 3, num_classes: int = 1000,
                  depths: Sequence[int] = (2, 2, 9, 2), dims: Union[int, Sequence[int]] = 96,
                  drop_path_rate: float = 0.2, post_norm: bool = True, layer_scale: Optional[float] = None,
-                 use_checkpoint: bool = False, mlp_ratio: float = 4.0, img_size: int = 224,
+                 use_checkpoint: bool = False, mlp_ratio: float = 4.0, img_size: Union[int, Sequence[int]] = 224,
                  infer_mode: bool = False, drop_rate: float = 0., dct_impl: str = 'matmul',
-                 global_pool: str = 'avg'):
+                 global_pool: str = 'avg', downsample_stride: Union[int, Sequence[int]] = 2):
         super().__init__()
-        if patch_size != 4:
-            raise ValueError(f'vHeat has a stride-4 convolutional stem: patch_size must be 4, got {patch_size}')
+        patch = _per_axis(patch_size, self.spatial_dims, 'patch_size')
+        if any(p not in (1, 2, 4) for p in patch) or (self.spatial_dims == 2 and patch != (4, 4)):
+            raise ValueError(f'vHeat has a convolutional stem of two stride-2 convolutions: patch_size must be 4 '
+                             f'(1, 2 or 4 per axis in 3-D), got {patch_size}')
+        stride = _per_axis(downsample_stride, self.spatial_dims, 'downsample_stride')
         if dct_impl not in DCT_IMPLS:
             raise ValueError(f'dct_impl must be one of {DCT_IMPLS}, got {dct_impl!r}')
         depths = list(depths)
@@ -278,18 +313,24 @@ class vHeat(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.img_size = img_size
         self.infer_mode = infer_mode
-        res = [img_size // patch_size // 2 ** i for i in range(len(depths))]
+        size = _per_axis(img_size, self.spatial_dims, 'img_size')
+        strides = [tuple(p * s ** i for p, s in zip(patch, stride)) for i in range(len(depths))]
+        if any(n < s for n, s in zip(size, strides[-1])):
+            raise ValueError(f'img_size {img_size} is smaller than the stride {strides[-1]} of the last stage: its '
+                             'frequency embedding would be empty')
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
 
-        self.stem = Stem(in_chans, dims[0])
+        self.stem = Stem(in_chans, dims[0], patch)
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i, depth in enumerate(depths):
             self.stages.append(HeatStage(
-                dims[max(i - 1, 0)], dims[i], depth, res[i], dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                infer_mode=infer_mode, use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio, post_norm=post_norm,
-                layer_scale=layer_scale, dct_impl=dct_impl))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+                dims[max(i - 1, 0)], dims[i], depth, [n // s for n, s in zip(size, strides[i])],
+                dpr[sum(depths[:i]):sum(depths[:i + 1])], infer_mode=infer_mode, use_checkpoint=use_checkpoint,
+                downsample_stride=stride, mlp_ratio=mlp_ratio, post_norm=post_norm, layer_scale=layer_scale,
+                dct_impl=dct_impl))
+            info = dict(num_chs=dims[i], reduction=strides[i][-1], module=f'stages.{i}')
+            self.feature_info.append(info if self.spatial_dims == 2 else dict(info, stride=strides[i]))
         self.head = ClassifierHead(dims[-1], num_classes, drop_rate, global_pool)
         self.apply(self._init_weights)
         self._register_load_state_dict_pre_hook(self._convert_on_load)
@@ -349,22 +390,23 @@ class vHeat(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
                               intermediates_only: bool = False):
-        """Stage outputs (strides 4, 8, 16, 32) as NCHW (or NHWC) tensors, timm's features API.
+        """Stage outputs (strides 4, 8, 16, 32) channels first (NCHW) or last (NHWC), timm's features API.
 
         ``indices``: stage indices, or an int n for the last n stages. ``norm`` applies the head's
         LayerNorm to the returned final features.
         """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        if output_fmt not in ('NCHW', 'NHWC', 'NCDHW', 'NDHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC' (channels first or last; 'NCDHW' or 'NDHWC' "
+                             f"alike), got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
-        x = self.stem(check_image_batch(x))
+        x = self.stem(check_image_batch(x, self.spatial_dims))
         stages = self.stages if not stop_early else self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take:
                 feat = self.head.norm(x) if norm and i == len(self.stages) - 1 else x
-                intermediates.append(_nchw(feat) if output_fmt == 'NCHW' else feat)
+                intermediates.append(_channels_first(feat) if output_fmt in ('NCHW', 'NCDHW') else feat)
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -382,7 +424,7 @@ class vHeat(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final-stage features, channels-last (B, H/32, W/32, C)."""
-        x = self.stem(check_image_batch(x))
+        x = self.stem(check_image_batch(x, self.spatial_dims))
         for stage in self.stages:
             x = stage(x)
         return x
@@ -440,14 +482,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
                 raise ValueError(f'{key}: the checkpoint is in inference layout (precomputed decay); build the '
                                  'model with infer_mode=True to load it')
             if key in own and value.shape != own[key].shape:
-                value = resize_map(value, list(own[key].shape[:2]))
+                value = resize_map(value, list(own[key].shape[:-1]))
         out[key] = value
     for i, stage in enumerate(model.stages):
         key = f'stages.{i}.freq_embed'
         if key in out and hasattr(stage, 'freq_embed') and out[key].shape != stage.freq_embed.shape:
             _logger.info('Resizing %s from %s to %s (%s)', key, tuple(out[key].shape), tuple(stage.freq_embed.shape),
                          freq_embed_resize)
-            out[key] = resize_freq_embed(out[key], tuple(stage.freq_embed.shape[:2]), freq_embed_resize)
+            out[key] = resize_freq_embed(out[key], tuple(stage.freq_embed.shape[:-1]), freq_embed_resize)
         if key in out and model.infer_mode:
             _fold_decay_into_state_dict(out, i, stage)
     return out
@@ -455,9 +497,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
 
 def _fold_decay_into_state_dict(sd: Dict[str, torch.Tensor], index: int, stage: HeatStage) -> None:
     """Replace stage ``index``'s frequency embedding and k-projections in ``sd`` by each block's ``k_exp``."""
-    res = list(stage.blocks[0].op.k_exp.shape[:2])
+    res = list(stage.blocks[0].op.k_exp.shape[:-1])
     freq_embed = resize_map(sd.pop(f'stages.{index}.freq_embed'), res)
-    dist = frequency_distance(res[0], res[1], freq_embed.device, freq_embed.dtype)
+    dist = frequency_distance(tuple(res), freq_embed.device, freq_embed.dtype)
     for j in range(len(stage.blocks)):
         prefix = f'stages.{index}.blocks.{j}.op.'
         weight, bias = sd.pop(prefix + 'to_k.0.weight', None), sd.pop(prefix + 'to_k.0.bias', None)
