@@ -7,7 +7,7 @@ import torch
 import classification.models  # noqa: F401
 from tools.benchmark import growth_exponent, peak_memory
 from tools.visualize_erf import crops, effective_receptive_field
-from tools.visualize_heat import DEFAULT_IMAGE, conduct, load_image, point_source
+from tools.visualize_heat import DEFAULT_IMAGE, conduct, load_image, point_source, two_sources
 
 
 @pytest.mark.parametrize('impl', ['matmul', 'fft'])
@@ -25,6 +25,22 @@ def test_point_source_spreads_as_gaussian_and_conserves_heat(impl):
         assert var_x == pytest.approx(2 * kt, rel=1e-3, abs=1e-9)
         variances.append(var_x)
     assert variances == sorted(variances)
+
+
+@pytest.mark.parametrize('impl', ['matmul', 'fft'])
+def test_point_source_spreads_as_a_3d_gaussian_and_conserves_heat(impl):
+    """The picture of the 3-D operator: variance 2kt along each of the three axes, no heat lost."""
+    kts = [0, 1, 4]
+    volumes = conduct(point_source(28, 32, 26), kts, impl)[..., 0]
+    grid = torch.meshgrid(torch.arange(28.), torch.arange(32.), torch.arange(26.), indexing='ij')
+    for kt, u in zip(kts, volumes):
+        assert u.sum().item() == pytest.approx(1.0, abs=1e-9)
+        for axis in grid:
+            mean = (axis * u).sum()
+            assert (u * (axis - mean) ** 2).sum().item() == pytest.approx(2 * kt, rel=1e-3, abs=1e-9)
+    spread = conduct(two_sources(24), [8])[0, ..., 0]
+    assert spread.sum().item() == pytest.approx(two_sources(24).sum().item(), rel=1e-9)
+    assert spread[0].max() > 1e-4 * spread.max()  # heat reaches the first slice, where none started
 
 
 def test_photo_strip_keeps_each_channels_heat_and_smooths():

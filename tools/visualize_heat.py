@@ -1,11 +1,14 @@
-"""What vHeat's heat conduction operator does to an image: its channels diffused for several values of k*t.
+"""What vHeat's heat conduction operator does to an image, or a volume, for several values of k*t.
 
     python tools/visualize_heat.py [--image assets/sample.jpg] [--kt 0 2 8 32 128] [--out docs/heat_conduction.png]
+    python tools/visualize_heat.py --volume [--kt 0 4 16 64] [--out docs/heat_conduction_3d.png]
 
 Each channel of the image is a heat source; ``u = heat_conduction(x, exp(-kt * frequency_distance))`` solves
 the heat equation with Neumann (insulated) boundaries through the DCT, as the HCO does per block. Lengths are
 in pixels, so k*t acts like a Gaussian blur of variance 2*k*t per axis (std sqrt(2 k t) px). The second row
-starts from a point source, where that Gaussian shows directly.
+starts from a point source, where that Gaussian shows directly. ``--volume`` diffuses two heat sources in a 48^3
+volume with the 3-D operator (one more DCT axis) and shows slices at several depths: the heat reaches slices it
+did not start in, and spreads as a 3-D Gaussian (variance 2*k*t along each of the three axes).
 """
 import argparse
 import os
@@ -23,19 +26,57 @@ from classification.models.dct import frequency_distance, heat_conduction  # noq
 DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets', 'sample.jpg')
 
 
-def conduct(image: torch.Tensor, kts: Sequence[float], impl: str = 'matmul') -> torch.Tensor:
-    """Heat conduction of a channels-last (H, W, C) image for every k*t: a (len(kts), H, W, C) tensor."""
-    height, width, _ = image.shape
-    dist = frequency_distance(height, width, image.device, image.dtype)
-    x = image.unsqueeze(0)
+def conduct(field: torch.Tensor, kts: Sequence[float], impl: str = 'matmul') -> torch.Tensor:
+    """Heat conduction of a channels-last (H, W, C) image or (D, H, W, C) volume for every k*t: a
+    (len(kts), *field.shape) tensor."""
+    dist = frequency_distance(tuple(field.shape[:-1]), field.device, field.dtype)
+    x = field.unsqueeze(0)
     return torch.cat([heat_conduction(x, torch.exp(-kt * dist), impl) for kt in kts])
 
 
-def point_source(height: int, width: int, dtype=torch.float64) -> torch.Tensor:
-    """A unit of heat at the centre pixel of an (H, W, 1) map."""
-    src = torch.zeros(height, width, 1, dtype=dtype)
-    src[height // 2, width // 2] = 1.0
+def point_source(*size: int, dtype=torch.float64) -> torch.Tensor:
+    """A unit of heat at the centre pixel (voxel) of an (H, W, 1) map or (D, H, W, 1) volume."""
+    src = torch.zeros(*size, 1, dtype=dtype)
+    src[tuple(n // 2 for n in size)] = 1.0
     return src
+
+
+def two_sources(size: int = 48, dtype=torch.float64) -> torch.Tensor:
+    """A (size, size, size, 1) volume: a point of heat in one half and, in the other, a small cube near a wall
+    holding as much heat."""
+    volume = torch.zeros(size, size, size, 1, dtype=dtype)
+    volume[size // 4, size // 2, size // 2] = 1.0
+    third = size // 3
+    volume[2 * third:2 * third + 4, size - 8:size - 4, 4:8] = 1.0 / 64  # as much heat as the point
+    return volume
+
+
+def render_volume(kts: Sequence[float], path: str, impl: str = 'matmul', size: int = 48) -> None:
+    """PNG grid: one row per k*t, one column per depth slice of the conducted volume."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from matplotlib.colors import PowerNorm
+    volumes = conduct(two_sources(size), kts, impl)[..., 0].numpy()
+    depths = [size // 12, size // 4, 5 * size // 12, 7 * size // 12, 2 * (size // 3) + 2, 11 * size // 12]
+    fig, axes = plt.subplots(len(kts), len(depths), figsize=(1.7 * len(depths), 1.8 * len(kts)), squeeze=False)
+    for row, kt in enumerate(kts):
+        peak = volumes[row].max()
+        for col, depth in enumerate(depths):
+            ax = axes[row, col]
+            ax.imshow(volumes[row, depth].clip(min=0), cmap='inferno', norm=PowerNorm(0.5, vmin=0, vmax=peak))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f'depth {depth}', fontsize=8)
+        axes[row, 0].set_ylabel(f'k·t = {kt:g}', fontsize=8)
+    fig.suptitle('3-D heat conduction u = IDCT3D(DCT3D(x) · exp(-k·t·(ω_d² + ω_h² + ω_w²))), slices of a '
+                 f'{size}³ volume (square-root colour scale per row)', fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def render(image: torch.Tensor, kts: Sequence[float], path: str, impl: str = 'matmul') -> None:
@@ -71,12 +112,18 @@ def load_image(path: str) -> torch.Tensor:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--image', default=DEFAULT_IMAGE)
-    parser.add_argument('--kt', type=float, nargs='+', default=[0, 2, 8, 32, 128])
+    parser.add_argument('--volume', action='store_true', help='the 3-D operator on a volume instead of an image')
+    parser.add_argument('--kt', type=float, nargs='+')
     parser.add_argument('--dct-impl', default='matmul', choices=['matmul', 'fft'])
-    parser.add_argument('--out', default='docs/heat_conduction.png')
+    parser.add_argument('--out')
     args = parser.parse_args(argv)
-    render(load_image(args.image), args.kt, args.out, args.dct_impl)
-    print(f'wrote {args.out}')
+    if args.volume:
+        out = args.out or 'docs/heat_conduction_3d.png'
+        render_volume(args.kt or [0, 4, 16, 64], out, args.dct_impl)
+    else:
+        out = args.out or 'docs/heat_conduction.png'
+        render(load_image(args.image), args.kt or [0, 2, 8, 32, 128], out, args.dct_impl)
+    print(f'wrote {out}')
 
 
 if __name__ == '__main__':
