@@ -4,6 +4,7 @@
     python tools/benchmark.py --compile       # the same, each model also under torch.compile, in the same run
     python tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (choose dct_impl)
     python tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, peak memory, GFLOPs, growth exponents
+    python tools/benchmark.py --volume-sweep      # 3-D: heat conduction against global attention, 16^3..64^3
 
 On CPU, inference is timed for vHeat-T as it is and with the CPU streaming engine switched on
 (``enable_cpu_streaming``), which is what a CPU deployment should use; training always runs the reference model.
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 
 from classification.models import enable_cpu_streaming  # noqa: E402  (the import registers vheat_* with timm)
-from classification.models.dct import dct2d  # noqa: E402
+from classification.models.dct import dctn  # noqa: E402
 from classification.models.flops import flop_count  # noqa: E402
 
 MODELS = {
@@ -149,7 +150,7 @@ def dct_sweep(args, device) -> None:
     fft_faster = []
     for n in (7, 14, 28, 56, 64, 96, 112, 128, 192, 256):
         x = torch.randn(args.batch_size, n, n, 96, device=device)
-        tasks = {impl: (lambda i: lambda: dct2d(dct2d(x, i), i, inverse=True))(impl) for impl in ('matmul', 'fft')}
+        tasks = {impl: (lambda i: lambda: dctn(dctn(x, i), i, inverse=True))(impl) for impl in ('matmul', 'fft')}
         with torch.inference_mode():
             secs = interleaved(tasks, args.rounds, args.warmup, device)
         faster = min(secs, key=secs.get)
@@ -319,6 +320,95 @@ def resolution_sweep(args, device) -> Dict:
     return result
 
 
+VOLUME_SIDES = (16, 24, 32, 40, 48, 64)
+
+
+def volume_layers(channels: int, side: int) -> Dict[str, torch.nn.Module]:
+    """One token-mixing layer each over a side^3 volume of ``channels``-wide voxels: vHeat3D's heat conduction
+    operator (depthwise 3-D conv, linears, DCT along three axes; inference layout) and global attention over all
+    voxels (timm's Attention: qkv and output linears around fused scaled_dot_product_attention, 32 channels a
+    head)."""
+    from timm.models.vision_transformer import Attention
+    from classification.models.vheat import HeatConduction
+    return {'vHeat3D heat conduction': HeatConduction(channels, (side,) * 3, infer_mode=True),
+            'global attention': Attention(channels, num_heads=channels // 32, qkv_bias=True)}
+
+
+def volume_sweep(args, device) -> Dict:
+    """Time and peak memory per volume of one mixing layer, 16^3 to 64^3 voxels; sizes whose predicted time
+    passes --volume-budget seconds are skipped (attention grows as voxels^2)."""
+    _malloc_returns_large_blocks()
+    rows, skipped = [], []
+    for side in VOLUME_SIDES:
+        torch.manual_seed(0)
+        x = torch.randn(1, side, side, side, args.volume_channels, device=device)
+        for label, layer in volume_layers(args.volume_channels, side).items():
+            mine = [r for r in rows if r['model'] == label]
+            if len(mine) >= 2:  # predict from the growth so far
+                e = growth_exponent([r['voxels'] for r in mine], [r['seconds'] for r in mine])
+                if mine[-1]['seconds'] * (side ** 3 / mine[-1]['voxels']) ** e > args.volume_budget:
+                    skipped.append(dict(model=label, side=side))
+                    print(f'  {side:>3}^3 {label:<24} skipped (predicted over {args.volume_budget:g} s)', flush=True)
+                    continue
+            layer = layer.to(device).eval()
+            tokens = x.flatten(1, 3)
+            call = (lambda m=layer: m(x)) if label.startswith('vHeat') else (lambda m=layer: m(tokens))
+            with torch.inference_mode():
+                call()  # fills the DCT caches, warms the kernels
+                seconds = interleaved({label: call}, 1 if side >= 40 else 3, 0, device)[label]
+                memory = peak_memory(call, device)
+            rows.append(dict(model=label, side=side, voxels=side ** 3, seconds=seconds,
+                             peak_memory_mib=memory / 2 ** 20))
+            print(f'  {side:>3}^3 {label:<24} {seconds:9.4f} s  {memory / 2 ** 20:8.1f} MiB', flush=True)
+    exponents = {}
+    for label in volume_layers(args.volume_channels, 16):
+        mine = [r for r in rows if r['model'] == label]
+        voxels = [r['voxels'] for r in mine]
+        exponents[label] = dict(time=growth_exponent(voxels, [r['seconds'] for r in mine]),
+                                memory=growth_exponent(voxels, [r['peak_memory_mib'] for r in mine]))
+    print('\nGrowth exponents in voxels (cost ~ voxels ** e): ' + ', '.join(
+        f'{label}: time {e["time"]:.2f} memory {e["memory"]:.2f}' for label, e in exponents.items()))
+    result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                  channels=args.volume_channels, rows=rows, skipped=skipped, exponents=exponents,
+                  memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
+                  'peak RSS increase during one call (VmHWM reset via /proc/self/clear_refs)')
+    json_path = args.json or 'docs/volume_scaling.json'
+    with open(json_path, 'w') as f:
+        json.dump(result, f, indent=2)
+    plot_volume_sweep(result, args.plot if args.plot != 'docs/scaling.png' else 'docs/volume_scaling.png')
+    return result
+
+
+def plot_volume_sweep(result: Dict, path: str) -> None:
+    """Two log-log panels against voxels: seconds and peak memory per volume; legends carry the exponents."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, (key, title, exp_key) in zip(axes, (('seconds', 'seconds per volume', 'time'),
+                                               ('peak_memory_mib', 'peak memory (MiB)', 'memory'))):
+        for label, exponents in result['exponents'].items():
+            mine = [r for r in result['rows'] if r['model'] == label]
+            ax.plot([r['voxels'] for r in mine], [r[key] for r in mine], marker='o', ms=4,
+                    label=f'{label}  (e={exponents[exp_key]:.2f})')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xticks([s ** 3 for s in VOLUME_SIDES])
+        ax.set_xticklabels([f'{s}³' for s in VOLUME_SIDES])
+        ax.minorticks_off()
+        ax.set_xlabel('voxels')
+        ax.set_title(title)
+        ax.grid(True, which='major', alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f'One token-mixing layer over a volume, {result["channels"]} channels, batch 1, {result["device"]} '
+                 f'({result["threads"]} threads); e: fitted exponent in voxels', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f'wrote {path}')
+
+
 def plot_sweep(result: Dict, path: str) -> None:
     """Three log-log panels against pixels: images/s, peak memory, GFLOPs; legends carry the exponents."""
     import matplotlib
@@ -372,6 +462,11 @@ def main(argv=None) -> Dict:
     parser.add_argument('--sweep', action='store_true', help='only the resolution sweep (224..1024, batch --sweep-batch)')
     parser.add_argument('--sweep-batch', type=int, default=1)
     parser.add_argument('--plot', default='docs/scaling.png', help='--sweep: where to write the plot')
+    parser.add_argument('--volume-sweep', action='store_true',
+                        help='only the 3-D sweep: heat conduction against global attention, 16^3 to 64^3 voxels')
+    parser.add_argument('--volume-channels', type=int, default=96)
+    parser.add_argument('--volume-budget', type=float, default=90.0,
+                        help='--volume-sweep: skip a size whose predicted time per volume is above this (seconds)')
     parser.add_argument('--compile', action='store_true',
                         help='also time every model under torch.compile (default mode), in the same rounds')
     parser.add_argument('--quick', action='store_true',
@@ -388,6 +483,8 @@ def main(argv=None) -> Dict:
         return {}
     if args.sweep:
         return resolution_sweep(args, device)
+    if args.volume_sweep:
+        return volume_sweep(args, device)
     results = {}
     speeds = inference_speed(args, device, args.img_size, args.batch_size)
     results['inference'] = dict(images_per_s=speeds, ratios=report(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the README's figures under docs/: the resolution sweep (JSON + plot), the heat strip, the ERF grid.
+# Regenerates the README's figures under docs/: the resolution sweep (JSON + plot), the heat strip, the ERF grid,
+# the 3-D heat slices and the 3-D cost sweep (JSON + plot).
 # Pass --full for the full sweep (7 timed rounds, every model at every size) instead of --quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,5 @@ if [[ "${1:-}" == "--full" ]]; then SWEEP=; fi
 PYTHONPATH=. "$PY" tools/benchmark.py --sweep $SWEEP --json docs/scaling.json --plot docs/scaling.png
 PYTHONPATH=. "$PY" tools/visualize_heat.py --out docs/heat_conduction.png
 PYTHONPATH=. "$PY" tools/visualize_erf.py --out docs/erf.png
+PYTHONPATH=. "$PY" tools/visualize_heat.py --volume --out docs/heat_conduction_3d.png
+PYTHONPATH=. "$PY" tools/benchmark.py --volume-sweep --json docs/volume_scaling.json --plot docs/volume_scaling.png
