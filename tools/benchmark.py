@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -315,8 +315,8 @@ def resolution_sweep(args, device) -> Dict:
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     with open(json_path, 'w') as f:
         json.dump(result, f, indent=2)
-    plot_sweep(result, args.plot)
-    print(f'wrote {json_path} and {args.plot}')
+    plot_sweep(result, args.plot or 'docs/scaling.png')
+    print(f'wrote {json_path} and {args.plot or "docs/scaling.png"}')
     return result
 
 
@@ -375,8 +375,27 @@ def volume_sweep(args, device) -> Dict:
     json_path = args.json or 'docs/volume_scaling.json'
     with open(json_path, 'w') as f:
         json.dump(result, f, indent=2)
-    plot_volume_sweep(result, args.plot if args.plot != 'docs/scaling.png' else 'docs/volume_scaling.png')
+    plot_volume_sweep(result, args.plot or 'docs/volume_scaling.png')
     return result
+
+
+def _loglog_panel(ax, sides: Sequence[int], power: int, unit: str, title: str, legend_size: int) -> None:
+    """Log-log axes against side**power (pixels or voxels), ticked at the swept sides."""
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xticks([s ** power for s in sides])
+    ax.set_xticklabels([f'{s}{ {2: "²", 3: "³"}[power]}' for s in sides])
+    ax.minorticks_off()
+    ax.set_xlabel(unit)
+    ax.set_title(title)
+    ax.grid(True, which='major', alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
 
 
 def plot_volume_sweep(result: Dict, path: str) -> None:
@@ -392,19 +411,10 @@ def plot_volume_sweep(result: Dict, path: str) -> None:
             mine = [r for r in result['rows'] if r['model'] == label]
             ax.plot([r['voxels'] for r in mine], [r[key] for r in mine], marker='o', ms=4,
                     label=f'{label}  (e={exponents[exp_key]:.2f})')
-        ax.set_xscale('log')
-        ax.set_yscale('log')
-        ax.set_xticks([s ** 3 for s in VOLUME_SIDES])
-        ax.set_xticklabels([f'{s}³' for s in VOLUME_SIDES])
-        ax.minorticks_off()
-        ax.set_xlabel('voxels')
-        ax.set_title(title)
-        ax.grid(True, which='major', alpha=0.3)
-        ax.legend(fontsize=8)
+        _loglog_panel(ax, VOLUME_SIDES, 3, 'voxels', title, 8)
     fig.suptitle(f'One token-mixing layer over a volume, {result["channels"]} channels, batch 1, {result["device"]} '
                  f'({result["threads"]} threads); e: fitted exponent in voxels', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     print(f'wrote {path}')
 
@@ -428,20 +438,10 @@ def plot_sweep(result: Dict, path: str) -> None:
                 legend += f'  (e={result["exponents"][label][exp_key]:.2f})'
             style = '--' if label.startswith('vHeat') else '-'
             ax.plot([r['pixels'] for r in mine], [r[key] for r in mine], style, marker='o', ms=4, label=legend)
-        ax.set_xscale('log')
-        ax.set_yscale('log')
-        ax.set_xticks([s * s for s in SWEEP_SIZES])
-        ax.set_xticklabels([f'{s}²' for s in SWEEP_SIZES])
-        ax.minorticks_off()
-        ax.set_xlabel('pixels')
-        ax.set_title(title)
-        ax.grid(True, which='major', alpha=0.3)
-        ax.legend(fontsize=7)
+        _loglog_panel(ax, SWEEP_SIZES, 2, 'pixels', title, 7)
     fig.suptitle(f'Inference, batch {result["batch"]}, {result["device"]} ({result["threads"]} threads); '
                  'e: fitted exponent of time per image or FLOPs in pixels', fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -461,7 +461,8 @@ def main(argv=None) -> Dict:
     parser.add_argument('--json', help='write the measured figures to this file (--sweep: docs/scaling.json)')
     parser.add_argument('--sweep', action='store_true', help='only the resolution sweep (224..1024, batch --sweep-batch)')
     parser.add_argument('--sweep-batch', type=int, default=1)
-    parser.add_argument('--plot', default='docs/scaling.png', help='--sweep: where to write the plot')
+    parser.add_argument('--plot', help='--sweep / --volume-sweep: where to write the plot '
+                                       '(docs/scaling.png / docs/volume_scaling.png)')
     parser.add_argument('--volume-sweep', action='store_true',
                         help='only the 3-D sweep: heat conduction against global attention, 16^3 to 64^3 voxels')
     parser.add_argument('--volume-channels', type=int, default=96)
