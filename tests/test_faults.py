@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from test_trainer import MAIN, TINY_CONFIG, env, free_port, make_folder, run_main
-
-import classification.main as trainer
+from test_trainer import MAIN, TINY_CONFIG, env, free_port, main_error, make_folder, run_main
 
 
 def _weights(path):
@@ -245,15 +243,6 @@ def test_full_disk_keeps_the_previous_checkpoint_and_names_the_file(tmp_path):
     assert _weights(out_dir / 'ckpt_latest.pth')['epoch'] == 0
 
 
-def _error(argv, capsys=None):
-    """main() in this process: the message of its exit (an ``error: ...`` line for bad input)."""
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.main(argv)
-    message = exit_info.value.code
-    assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message, message
-    return message
-
-
 @pytest.fixture(scope='module')
 def trained_folder(tmp_path_factory):
     """A data folder and the output of one finished tiny run (its files must survive every bad input below)."""
@@ -281,13 +270,13 @@ def trained_folder(tmp_path_factory):
 def test_bad_config_values_are_one_line_errors_before_any_work(trained_folder, opts, fragment):
     data, cfg, root = trained_folder
     before = {p: p.read_bytes() for p in (root / 'tiny' / 'default').glob('*.pth')}
-    assert fragment in _error(['--cfg', cfg, '--data-path', data, '--output', str(root), '--opts', *opts])
+    assert fragment in main_error(['--cfg', cfg, '--data-path', data, '--output', str(root), '--opts', *opts])
     assert {p: p.read_bytes() for p in (root / 'tiny' / 'default').glob('*.pth')} == before
 
 
 def test_bad_batch_size_flag(trained_folder):
     data, cfg, root = trained_folder
-    assert 'DATA.BATCH_SIZE must be an integer >= 1, got 0' in _error(
+    assert 'DATA.BATCH_SIZE must be an integer >= 1, got 0' in main_error(
         ['--cfg', cfg, '--data-path', data, '--output', str(root), '--batch-size', '0'])
 
 
@@ -305,7 +294,8 @@ def test_unusable_checkpoints_are_one_line_errors(trained_folder, tmp_path, cont
         path.write_bytes(content)
     else:
         torch.save(content, path)
-    message = _error(['--cfg', cfg, '--data-path', data, '--output', str(tmp_path), '--eval', '--resume', str(path)])
+    message = main_error(['--cfg', cfg, '--data-path', data, '--output', str(tmp_path), '--eval', '--resume',
+                          str(path)])
     assert fragment in message and str(path) in message
     assert 'unsafe' not in message and 'weights_only' not in message
 
@@ -346,7 +336,7 @@ def test_sixteen_bit_folder_trains_and_a_link_loop_is_an_error(tmp_path):
     means = [float(val[i][0].mean()) for i in range(len(val))]  # normalised; classes in order c0, c0, c1, ...
     assert means[0] < means[2] < means[4] and means[4] - means[0] > 2  # not clipped to one white
     os.symlink(data / 'train' / 'c0', data / 'train' / 'c0' / 'again')
-    message = _error(['--cfg', str(cfg), '--data-path', str(data), '--output', str(tmp_path / 'out')])
+    message = main_error(['--cfg', str(cfg), '--data-path', str(data), '--output', str(tmp_path / 'out')])
     assert 'directory link loop' in message and 'c0/again' in message
 
 

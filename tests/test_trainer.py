@@ -79,6 +79,19 @@ def assert_one_line_error(result, *fragments):
     return lines[0]
 
 
+def main_error(argv, *fragments):
+    """main() in this process (no interpreter start-up per case): the message it exits with, one ``error: ...``
+    line. How that message reaches a terminal (alone on stderr, exit status 1) is checked once, in a subprocess."""
+    import classification.main as trainer
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.main(argv)
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp('tiny'), ['a', 'b', 'c'], 8, 4)
@@ -121,6 +134,8 @@ def test_single_process_training_writes_plain_checkpoints_and_logs(trained):
 
 @pytest.mark.parametrize('launcher', ['torch.distributed.launch', 'torchrun'])
 def test_two_process_cpu_training_then_eval_and_throughput(launcher, tiny_data, tiny_cfg, tmp_path):
+    """Either launcher trains on 2 processes; the checkpoint of the torchrun run is then evaluated (model and EMA)
+    and timed (--throughput) by plain single-process commands."""
     port = str(free_port())
     module = 'torch.distributed.launch' if launcher == 'torch.distributed.launch' else 'torch.distributed.run'
     spawn = ('-m', module, '--nproc_per_node=2', '--master_addr=127.0.0.1', f'--master_port={port}')
@@ -134,6 +149,8 @@ def test_two_process_cpu_training_then_eval_and_throughput(launcher, tiny_data, 
     assert checkpoint.is_file()
     # 24 training images, 2 processes x batch 4: 3 steps per process per epoch
     assert 'Train: [0/1][3/3]' in result.stdout
+    if launcher != 'torchrun':
+        return
     evaluated = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--tag', 'eval',
                          '--eval', '--resume', str(checkpoint), '--model_ema', 'True')
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -190,9 +207,8 @@ def test_checkpoint_that_would_run_code_is_refused(tiny_data, tiny_cfg, tmp_path
     torch.save({'model': {}, 'payload': _RunsCode(str(marker))}, evil)
     with pytest.raises(pickle.UnpicklingError):  # the file really is a code-running pickle
         torch.load(evil, weights_only=True)
-    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval',
-                      '--resume', str(evil))
-    assert_one_line_error(result, 'refusing to load', 'system')
+    main_error(['--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval', '--resume',
+                str(evil)], 'refusing to load', 'system')
     assert not marker.exists()
 
 
@@ -236,19 +252,21 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_missing_and_empty_data_paths_are_one_line_errors(tiny_cfg, tmp_path):
+    """The command line: exit status 1 and the error alone on stderr (no traceback, no warning)."""
     missing = run_main('--cfg', tiny_cfg, '--data-path', str(tmp_path / 'nowhere'), '--output', str(tmp_path))
+    assert missing.returncode == 1
     assert_one_line_error(missing, 'data folder not found', 'nowhere')
     (tmp_path / 'empty' / 'train').mkdir(parents=True)
     (tmp_path / 'empty' / 'val').mkdir()
-    empty = run_main('--cfg', tiny_cfg, '--data-path', str(tmp_path / 'empty'), '--output', str(tmp_path))
-    assert_one_line_error(empty, 'empty', 'class folder')
+    main_error(['--cfg', tiny_cfg, '--data-path', str(tmp_path / 'empty'), '--output', str(tmp_path)],
+               'empty', 'class folder')
 
 
 def test_train_and_val_class_folders_must_match(tiny_cfg, tmp_path):
     data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 4, 1)
     os.rename(os.path.join(data, 'val', 'c'), os.path.join(data, 'val', 'z'))
-    result = run_main('--cfg', tiny_cfg, '--data-path', data, '--output', str(tmp_path))
-    assert_one_line_error(result, 'class folders differ', "only in train: ['c']", "only in val: ['z']")
+    main_error(['--cfg', tiny_cfg, '--data-path', data, '--output', str(tmp_path)],
+               'class folders differ', "only in train: ['c']", "only in val: ['z']")
 
 
 def test_truncated_image_is_an_error_naming_the_file(tiny_cfg, tmp_path):
@@ -258,29 +276,23 @@ def test_truncated_image_is_an_error_naming_the_file(tiny_cfg, tmp_path):
         content = f.read()
     with open(broken, 'wb') as f:
         f.write(content[:len(content) // 2])
-    for workers in ('0', '1'):
-        result = run_main('--cfg', tiny_cfg, '--data-path', data, '--output', str(tmp_path),
-                          '--opts', 'DATA.NUM_WORKERS', workers)
-        assert_one_line_error(result, 'cannot read image', broken)
+    for workers in ('0', '1'):  # raised in this process, and re-raised from a loader worker
+        main_error(['--cfg', tiny_cfg, '--data-path', data, '--output', str(tmp_path), '--opts', 'DATA.NUM_WORKERS',
+                    workers], 'cannot read image', broken)
 
 
 def test_unknown_config_key_is_a_one_line_error(tiny_data, tiny_cfg, tmp_path):
-    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--opts', 'TRAIN.NO_SUCH_KEY', '1')
-    assert_one_line_error(result, 'TRAIN.NO_SUCH_KEY')
+    main_error(['--cfg', tiny_cfg, '--data-path', tiny_data, '--opts', 'TRAIN.NO_SUCH_KEY', '1'], 'TRAIN.NO_SUCH_KEY')
     bad_file = tmp_path / 'bad.yaml'
     bad_file.write_text('MODEL:\n  VHEAT:\n    EMBED_DIMS: 8\n')
-    result = run_main('--cfg', str(bad_file), '--data-path', tiny_data)
-    assert_one_line_error(result, str(bad_file), 'MODEL.VHEAT.EMBED_DIMS')
+    main_error(['--cfg', str(bad_file), '--data-path', tiny_data], str(bad_file), 'MODEL.VHEAT.EMBED_DIMS')
 
 
 def test_checkpoint_of_another_architecture_names_the_mismatched_keys(trained, tiny_data, tiny_cfg, tmp_path):
     checkpoint = os.path.join(trained[0], 'ckpt_best.pth')
-    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval',
-                      '--resume', checkpoint, '--opts', 'MODEL.VHEAT.DEPTHS', '[1,1,2,1]')
-    assert_one_line_error(result, 'does not fit', 'missing (', 'stages.2.blocks.1.')
-    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval',
-                      '--resume', checkpoint, '--opts', 'MODEL.VHEAT.EMBED_DIM', '16')
-    assert_one_line_error(result, 'shape mismatch', 'stem.')
+    args = ['--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(tmp_path), '--eval', '--resume', checkpoint]
+    main_error([*args, '--opts', 'MODEL.VHEAT.DEPTHS', '[1,1,2,1]'], 'does not fit', 'missing (', 'stages.2.blocks.1.')
+    main_error([*args, '--opts', 'MODEL.VHEAT.EMBED_DIM', '16'], 'shape mismatch', 'stem.')
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trained, tiny_data, tiny_cfg):
