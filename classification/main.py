@@ -30,8 +30,8 @@ from classification.config import ConfigError, get_config, scale_learning_rates,
 from classification.data import DataError, batches, build_loader, derived_seed, seed_everything
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
-from classification.utils import (CheckpointError, auto_resume_file, create_logger, init_distributed,
-                                  load_weights, save_checkpoint, shared_checkpoint)
+from classification.utils import (CheckpointError, auto_resume_file, create_logger, exit_with_error,
+                                  init_distributed, load_weights, save_checkpoint, shared_checkpoint)
 
 
 class TrainingError(RuntimeError):
@@ -525,7 +525,7 @@ def main(argv=None):
         sys.exit(128 + e.signum)
     except (ConfigError, DataError, CheckpointError, TrainingError, UnsafeCheckpointError,
             FileNotFoundError) as e:
-        sys.exit(f'error: {one_line(e)}')
+        exit_with_error(one_line(e))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -5,7 +5,7 @@ import io
 import logging
 import os
 import sys
-from typing import Optional, Tuple
+from typing import NoReturn, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,14 @@ from classification.models.serialization import key_mismatch, read_bytes
 
 class CheckpointError(RuntimeError):
     """A checkpoint does not fit the model built from the config."""
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """``error: message`` on stderr in one write, then exit status 1. ``sys.exit(message)`` writes the message and
+    its newline separately, so the ranks of one launch, sharing stderr, could join their lines into one."""
+    sys.stderr.write(f'error: {message}\n')
+    sys.stderr.flush()
+    raise SystemExit(1)
 
 
 def create_logger(output_dir: str, rank: int, name: str) -> logging.Logger:

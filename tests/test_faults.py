@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -133,6 +134,16 @@ def test_ranks_stop_together_when_rank_0_cannot_read_the_checkpoint(fault_data, 
     assert errors == {f'error: cannot read checkpoint {broken}: a truncated or corrupt PyTorch checkpoint (14 bytes)'}
     for rank in range(2):
         assert 'start training' not in (tmp_path / 'tiny' / 'default' / f'log_rank{rank}.txt').read_text()
+
+
+def test_an_error_line_is_written_at_once(monkeypatch):
+    """Ranks of one launch share stderr: each error line must reach it in one write, or two lines can merge."""
+    from classification.utils import exit_with_error
+    writes = []
+    monkeypatch.setattr(sys, 'stderr', SimpleNamespace(write=writes.append, flush=lambda: None))
+    with pytest.raises(SystemExit) as exit_info:
+        exit_with_error('cannot read checkpoint x.pth')
+    assert exit_info.value.code == 1 and writes == ['error: cannot read checkpoint x.pth\n']
 
 
 def test_sigterm_saves_mid_epoch_and_the_same_command_resumes_there(tmp_path):

@@ -1,4 +1,7 @@
-"""The ImageNet trainer (classification/main.py) end to end on tiny generated folders, on CPU, in subprocesses."""
+"""The ImageNet trainer (classification/main.py) end to end on tiny generated folders, on CPU, in subprocesses (bad
+input: main() in this process)."""
+import contextlib
+import io
 import os
 import pickle
 import signal
@@ -80,16 +83,18 @@ def assert_one_line_error(result, *fragments):
 
 
 def main_error(argv, *fragments):
-    """main() in this process (no interpreter start-up per case): the message it exits with, one ``error: ...``
-    line. How that message reaches a terminal (alone on stderr, exit status 1) is checked once, in a subprocess."""
+    """main() in this process (no interpreter start-up per case): exit status 1 and one ``error: ...`` line on
+    stderr, which it returns. That nothing else reaches a terminal's stderr is checked in subprocesses."""
     import classification.main as trainer
-    with pytest.raises(SystemExit) as exit_info:
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
         trainer.main(argv)
-    message = exit_info.value.code
-    assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message, message
+    assert exit_info.value.code == 1, exit_info.value.code
+    message = stderr.getvalue()
+    assert message.startswith('error: ') and message.count('\n') == 1 and message.endswith('\n'), message
     for fragment in fragments:
         assert fragment in message, message
-    return message
+    return message.rstrip('\n')
 
 
 @pytest.fixture(scope='module')

@@ -17,7 +17,7 @@ from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
 
 from classification.models.serialization import (CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
                                                  UnsafeCheckpointError, key_mismatch, load_checkpoint)
-from classification.utils import CheckpointError  # noqa: E402
+from classification.utils import CheckpointError, exit_with_error  # noqa: E402
 
 ONE_LINE_ERRORS = (IncompatibleCheckpointError, CheckpointFormatError, UnsafeCheckpointError, CheckpointError,
                    FileNotFoundError)
@@ -28,7 +28,7 @@ def run_or_exit(fn: Callable[[], object]) -> None:
     try:
         fn()
     except ONE_LINE_ERRORS as e:
-        sys.exit(f'error: {e.args[0] if e.args else e}')
+        exit_with_error(e.args[0] if e.args else str(e))
 
 
 def load_weights_strictly(model: torch.nn.Module, path: str) -> None:
