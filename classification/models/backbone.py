@@ -3,7 +3,8 @@
 The mmdet/mmseg adapters only add registration and ``init_cfg`` handling (``classification/models/mm_backbone.py``).
 """
 import logging
-from typing import List, Sequence
+import re
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -12,6 +13,7 @@ from .serialization import IncompatibleCheckpointError, key_mismatch, load_check
 from .vheat import FREQ_EMBED_RESIZE, checkpoint_filter_fn, vHeat
 
 _logger = logging.getLogger(__name__)
+_OFFICIAL_OUT_NORM = re.compile(r'^outnorm(\d+)\.')  # the official mmdet/mmseg wrapper's (MMDET_VHEAT) output norms
 
 
 class vHeatBackbone(vHeat):
@@ -64,16 +66,27 @@ class vHeatBackbone(vHeat):
         # NCHW views of channels-last memory: convolutions downstream take them without a copy
         return [self.out_norms[i](f).permute(0, 3, 1, 2) for i, f in zip(sorted(self.out_indices), feats)]
 
-    def load_pretrained(self, path: str) -> nn.modules.module._IncompatibleKeys:
-        """Load a classification checkpoint (official or ours): classifier dropped, frequency embeddings brought to
-        this model's ``img_size`` (``freq_embed_resize``). Only the output norms (new) and the stages after the last
-        output may differ; anything else is an IncompatibleCheckpointError naming the keys."""
+    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Backbone weights in this module's names: the classifier's conversions (official names, frequency
+        embeddings brought to ``img_size`` by ``freq_embed_resize``) and the official downstream wrapper's output
+        norms (``outnorm{i}``) as ``out_norms.{i}``."""
+        renamed = {_OFFICIAL_OUT_NORM.sub(r'out_norms.\1.', k): v for k, v in state_dict.items()}
+        return checkpoint_filter_fn(renamed, self, self.freq_embed_resize)
+
+    def load_pretrained(self, path: str, weights: str = 'model') -> nn.modules.module._IncompatibleKeys:
+        """Load a classification checkpoint (official or ours; ``weights``: its 'model' or 'model_ema'), or the
+        backbone of a detection/segmentation checkpoint (official or ours, its ``backbone.*`` weights): classifier
+        dropped, frequency embeddings brought to this model's ``img_size`` (``freq_embed_resize``). Only the output
+        norms (which a classifier lacks) and the stages after the last output may differ; anything else is an
+        IncompatibleCheckpointError naming the keys."""
         checkpoint = load_checkpoint(path)
-        state_dict = checkpoint.get('model', checkpoint.get('state_dict', checkpoint))
+        state_dict = checkpoint.get(weights, checkpoint.get('state_dict', checkpoint))
         if not isinstance(state_dict, dict):
             raise IncompatibleCheckpointError(f'{path}: expected a state dict, got {type(state_dict).__name__}')
+        if any(k.startswith('backbone.') for k in state_dict):
+            state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
         try:
-            state_dict = checkpoint_filter_fn(state_dict, self, self.freq_embed_resize)
+            state_dict = self.convert_state_dict(state_dict)
         except (ValueError, KeyError, AttributeError) as e:
             raise IncompatibleCheckpointError(f'{path}: {e.args[0] if e.args else e}') from None
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
@@ -84,5 +97,6 @@ class vHeatBackbone(vHeat):
                                               f'size?): {mismatch}')
         result = self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith(dropped)},
                                       strict=False)
-        _logger.info('Loaded %s into vHeatBackbone (output norms start as initialised)', path)
+        _logger.info('Loaded %s into vHeatBackbone%s', path,
+                     ' (output norms start as initialised)' if result.missing_keys else '')
         return result

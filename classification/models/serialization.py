@@ -6,9 +6,12 @@ Anything else that is not a tensor, number, string or container is refused, nami
 A file that is not a checkpoint at all (empty, truncated, other bytes) gets a one-line description instead.
 """
 import collections
+import http.client
 import io
 import os
 import pickle
+import re
+import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
@@ -32,6 +35,49 @@ class IncompatibleCheckpointError(ValueError):
     """The checkpoint's weights do not fit the model (another architecture or size)."""
 
 
+class CheckpointDownloadError(RuntimeError):
+    """A checkpoint URL could not be fetched into torch's hub cache (offline, say)."""
+
+
+# what a download that cannot happen raises: urllib's URLError, socket errors (all OSError), http.client's errors
+DOWNLOAD_ERRORS = (OSError, http.client.HTTPException)
+_HASH_IN_NAME = re.compile(r'-([a-f0-9]*)\.')  # torch.hub's convention: name-<sha256 prefix>.ext
+
+
+def is_url(path: str) -> bool:
+    return isinstance(path, str) and path.startswith(('https://', 'http://'))
+
+
+def hub_cache_file(url: str) -> str:
+    """Where torch.hub (and timm) keep the download of ``url``: ``<torch.hub.get_dir()>/checkpoints/<file name>``."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urllib.parse.urlparse(url).path))
+
+
+def download_failure(url: str, error: BaseException) -> str:
+    """One line for a download that failed: the URL, the cause, and where to put the file by hand."""
+    reason = getattr(error, 'reason', None) or error
+    return (f'cannot download {url} ({str(reason).splitlines()[0] if str(reason) else type(reason).__name__}); '
+            f'without network access, put the file at {hub_cache_file(url)} (torch hub cache folder '
+            f'{os.path.dirname(hub_cache_file(url))})')
+
+
+def cached_download(url: str) -> str:
+    """The local copy of ``url`` in torch's hub cache, downloaded first if it is not there (torch.hub's own file
+    naming and hash check: a file named ``name-<sha256 prefix>.ext`` must match that prefix)."""
+    path = hub_cache_file(url)
+    if os.path.isfile(path):
+        return path
+    match = _HASH_IN_NAME.search(os.path.basename(path))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(url, path, hash_prefix=match.group(1) if match else None, progress=False)
+    except DOWNLOAD_ERRORS as e:
+        raise CheckpointDownloadError(download_failure(url, e)) from None
+    except RuntimeError as e:  # torch.hub's hash mismatch
+        raise CheckpointDownloadError(f'{url}: {e}') from None
+    return path
+
+
 def key_mismatch(state_dict: Mapping[str, Any], own: Mapping[str, torch.Tensor], allowed_missing=(),
                  allowed_unexpected=()) -> Optional[str]:
     """What keeps ``state_dict`` from loading into a model whose state dict is ``own``, in one line (None if it
@@ -48,6 +94,9 @@ def key_mismatch(state_dict: Mapping[str, Any], own: Mapping[str, torch.Tensor],
 
 
 def read_bytes(path: str) -> bytes:
+    """The bytes of a checkpoint file, or of an https URL's copy in torch's hub cache (downloaded once)."""
+    if is_url(path):
+        path = cached_download(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     with open(path, 'rb') as f:
@@ -55,7 +104,8 @@ def read_bytes(path: str) -> bytes:
 
 
 def load_checkpoint(path: str, map_location: Any = 'cpu', data: Optional[bytes] = None) -> Dict[str, Any]:
-    """Load a checkpoint written by this project, the official vHeat trainer, or ``torch.save(state_dict)``.
+    """Load a checkpoint written by this project, the official vHeat trainer, or ``torch.save(state_dict)``;
+    ``path`` may be an https URL (read from torch's hub cache, downloaded once).
 
     ``data``: the file's bytes, when they were read already (``path`` then only names the file in errors).
     """

@@ -26,10 +26,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
+from timm.models._helpers import clean_state_dict
+from timm.models._manipulate import adapt_input_conv
 
 from .dct import DCT_IMPLS, frequency_distance, heat_conduction, heat_decay
+from .serialization import (DOWNLOAD_ERRORS, CheckpointDownloadError, IncompatibleCheckpointError, download_failure,
+                            key_mismatch, load_checkpoint)
 
 __all__ = ['vHeat', 'checkpoint_filter_fn']
 
@@ -345,10 +349,47 @@ class vHeat(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A state dict (official names or ours, either layout) in this model's names and layout."""
+        return checkpoint_filter_fn(state_dict, self)
+
     def _convert_on_load(self, state_dict, prefix, *args) -> None:
         """Load hook: official checkpoints (and training-layout weights into an inference-layout model)."""
         own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
-        state_dict.update({prefix + k: v for k, v in checkpoint_filter_fn(own, self).items()})
+        state_dict.update({prefix + k: v for k, v in self.convert_state_dict(own).items()})
+
+    def load_pretrained(self, path: str, weights: Optional[str] = None) -> None:
+        """Load a classification checkpoint: what timm's ``pretrained=True`` (the release URL, through torch's hub
+        cache) and ``pretrained_cfg_overlay=dict(file=...)`` both call.
+
+        The file (official trainer layout, ours, or a bare state dict; ``module.`` prefixes of DDP saves removed) is
+        read weights-only. ``weights`` picks the state dict: ``'model'`` or ``'model_ema'``; by default the
+        pretrained tag's (``model`` for ``*.in1k``, ``model_ema`` for ``*.in1k_ema``). As timm does for its own
+        checkpoints, a classifier of another size (``num_classes``) starts as initialised and the stem's first
+        convolution is adapted to another ``in_chans``; any other key that does not fit is an
+        IncompatibleCheckpointError naming it.
+        """
+        weights = weights or PRETRAINED_WEIGHTS.get((getattr(self, 'pretrained_cfg', None) or {}).get('tag'), 'model')
+        state_dict = clean_state_dict(select_weights(load_checkpoint(path), weights, path))
+        try:
+            state_dict = self.convert_state_dict(state_dict)
+        except (ValueError, KeyError) as e:
+            raise IncompatibleCheckpointError(f'{path}: {e.args[0] if e.args else e}') from None
+        own = self.state_dict()
+        first_conv = 'stem.conv1.weight'
+        if first_conv in state_dict and state_dict[first_conv].shape[1] != own[first_conv].shape[1]:
+            state_dict[first_conv] = adapt_input_conv(own[first_conv].shape[1], state_dict[first_conv])
+        head = [k for k in ('head.fc.weight', 'head.fc.bias')
+                if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape)]
+        for key in head:
+            del state_dict[key]
+        mismatch = key_mismatch(state_dict, own, allowed_missing=('head.fc.',) if head else ())
+        if mismatch:
+            raise IncompatibleCheckpointError(f'{path} does not fit {type(self).__name__} (another architecture or '
+                                              f'size?): {mismatch}')
+        self.load_state_dict(state_dict, strict=not head)
+        _logger.info('Loaded %s of %s%s', weights, path,
+                     f' (classifier of {self.num_classes} classes newly initialised)' if head else '')
 
     @torch.no_grad()
     def infer_init(self) -> None:
@@ -464,6 +505,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
                          freq_embed_resize: str = 'bicubic') -> Dict[str, torch.Tensor]:
     """Convert a vHeat state dict (official or ours, training or inference layout) for ``model``.
 
+    - ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are removed;
     - official names are mapped to ours, and 1x1-conv MLP weights become Linear weights;
     - frequency embeddings of another resolution are resized to the model's (``freq_embed_resize``, see
       :func:`resize_freq_embed`);
@@ -473,7 +515,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
         state_dict = state_dict['model']
     own = model.state_dict()
     out = {}
-    for key, value in state_dict.items():
+    for key, value in clean_state_dict(state_dict).items():
         key = _rename_official_key(key)
         if re.search(r'\.mlp\.fc\d\.weight$', key) and value.ndim == 4:
             value = value.flatten(1)
@@ -509,10 +551,34 @@ def _fold_decay_into_state_dict(sd: Dict[str, torch.Tensor], index: int, stage: 
         sd[prefix + 'k_exp'] = torch.exp(-dist * F.relu(F.linear(freq_embed, weight, bias)))
 
 
-def _cfg(**kwargs) -> Dict:
-    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-                interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                first_conv='stem.conv1', classifier='head.fc', license='apache-2.0', **kwargs)
+def select_weights(checkpoint: Dict, weights: str, source: str) -> Dict[str, torch.Tensor]:
+    """The state dict ``weights`` ('model' or 'model_ema') of a training checkpoint; a checkpoint that is a bare
+    state dict (or mmengine/timm's ``state_dict``) for 'model'."""
+    if weights not in ('model', 'model_ema'):
+        raise ValueError(f"weights must be 'model' or 'model_ema', got {weights!r}")
+    found = checkpoint.get(weights)
+    if found is None and weights == 'model':
+        found = checkpoint.get('state_dict', checkpoint if 'model_ema' not in checkpoint else None)
+    if not isinstance(found, dict):
+        raise IncompatibleCheckpointError(f'{source} holds no {weights!r} weights (its keys: '
+                                          f'{", ".join(list(map(str, checkpoint))[:8])})')
+    return found
+
+
+# The official release (MzeroMiko/vHeat, release `vheatcls`): training checkpoints holding both the weights
+# (`model`, what the official README's evaluation command evaluates, `--model_ema False`) and their EMA.
+RELEASE_URL = 'https://github.com/MzeroMiko/vHeat/releases/download/'
+PRETRAINED_WEIGHTS = {'in1k': 'model', 'in1k_ema': 'model_ema'}
+
+
+def _cfg(url: str = '', **kwargs) -> Dict:
+    # custom_load: timm hands the file (or the hub-cache copy of the URL) to vHeat.load_pretrained, so the file and
+    # the URL path read the same weights of the official training checkpoint
+    return dict(url=url, custom_load=bool(url), num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7),
+                crop_pct=0.875, interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                first_conv='stem.conv1', classifier='head.fc', license='apache-2.0', paper_ids='arXiv:2405.16555',
+                paper_name='vHeat: Building Vision Models upon Heat Conduction',
+                origin_url='https://github.com/MzeroMiko/vHeat', **kwargs)
 
 
 MODEL_ARGS = {
@@ -520,14 +586,36 @@ MODEL_ARGS = {
     'vheat_small': dict(depths=(2, 2, 18, 2), dims=96, post_norm=True, layer_scale=1e-5, drop_path_rate=0.3),
     'vheat_base': dict(depths=(2, 2, 18, 2), dims=128, post_norm=True, layer_scale=1e-5, drop_path_rate=0.5),
 }
-default_cfgs = generate_default_cfgs({f'{name}.in1k': _cfg() for name in MODEL_ARGS})
+default_cfgs = generate_default_cfgs({
+    f'{name}.{tag}': _cfg(RELEASE_URL + f'vheatcls/vHeat_{name.split("_")[1]}.pth',
+                          notes=(f'the official checkpoint\'s {weights!r} weights',))
+    for name in MODEL_ARGS for tag, weights in PRETRAINED_WEIGHTS.items()})
+
+
+def build_vheat(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
+    """timm's ``build_model_with_cfg``; a release URL that cannot be downloaded is one line naming the URL and the
+    hub cache file to put it in by hand.
+
+    A file given as ``pretrained_cfg_overlay=dict(file=...)`` is read by ``load_pretrained`` as the URL's copy is
+    (timm would otherwise read it with its generic loader, which prefers ``model_ema``): the same file gives the
+    same weights either way.
+    """
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay and overlay.get('file') and 'custom_load' not in overlay:
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn,
+                                    feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **kwargs)
+    except DOWNLOAD_ERRORS as e:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        if not pretrained or cfg.file or not cfg.url:
+            raise
+        raise CheckpointDownloadError(download_failure(cfg.url, e)) from None
 
 
 def _create_vheat(variant: str, pretrained: bool = False, **kwargs) -> vHeat:
-    model_args = dict(MODEL_ARGS[variant], **kwargs)
-    return build_model_with_cfg(
-        vHeat, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **model_args)
+    return build_vheat(vHeat, variant, pretrained, checkpoint_filter_fn, **dict(MODEL_ARGS[variant], **kwargs))
 
 
 @register_model

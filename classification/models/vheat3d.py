@@ -16,9 +16,10 @@ import re
 from typing import Dict, Final, Sequence, Union
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+from timm.models._helpers import clean_state_dict
 
-from .vheat import MODEL_ARGS, _rename_official_key, checkpoint_filter_fn, resize_map, vHeat
+from .vheat import MODEL_ARGS, _rename_official_key, build_vheat, checkpoint_filter_fn, resize_map, vHeat
 
 __all__ = ['vHeat3D', 'inflate_state_dict']
 
@@ -42,10 +43,9 @@ class vHeat3D(vHeat):
                  volume_size: Union[int, Sequence[int]] = (64, 64, 64), **kwargs):
         super().__init__(patch_size=patch_size, downsample_stride=downsample_stride, img_size=volume_size, **kwargs)
 
-    def _convert_on_load(self, state_dict, prefix, *args) -> None:
-        """Load hook: 2-D checkpoints are inflated, 3-D ones converted as vHeat's."""
-        own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
-        state_dict.update({prefix + k: v for k, v in checkpoint_filter_fn_3d(own, self).items()})
+    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """2-D checkpoints inflated, 3-D ones converted as vHeat's (the load hook and ``load_pretrained`` use it)."""
+        return checkpoint_filter_fn_3d(state_dict, self)
 
 
 def _is_2d(state_dict: Dict[str, torch.Tensor]) -> bool:
@@ -58,6 +58,7 @@ def checkpoint_filter_fn_3d(state_dict: Dict[str, torch.Tensor], model: vHeat3D)
     :func:`checkpoint_filter_fn` converts them."""
     if 'model' in state_dict and isinstance(state_dict['model'], dict):
         state_dict = state_dict['model']
+    state_dict = clean_state_dict(state_dict)
     return inflate_state_dict(state_dict, model) if _is_2d(state_dict) else checkpoint_filter_fn(state_dict, model)
 
 
@@ -87,9 +88,10 @@ def inflate_state_dict(state_dict: Dict[str, torch.Tensor], model: vHeat3D) -> D
 
 
 def _cfg(**kwargs) -> Dict:
-    # no `input_size`: timm's image configs are (C, H, W); the model's own volume_size default is (64, 64, 64)
-    return dict(url='', num_classes=1000, first_conv='stem.conv1', classifier='head.fc', license='apache-2.0',
-                **kwargs)
+    # no `input_size`: timm's image configs are (C, H, W); the model's own volume_size default is (64, 64, 64).
+    # custom_load: a file given with pretrained_cfg_overlay goes through vHeat.load_pretrained (inflated here).
+    return dict(url='', custom_load=True, num_classes=1000, first_conv='stem.conv1', classifier='head.fc',
+                license='apache-2.0', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({f'vheat3d_{size}': _cfg() for size in ('tiny', 'small', 'base')})
@@ -97,9 +99,7 @@ default_cfgs = generate_default_cfgs({f'vheat3d_{size}': _cfg() for size in ('ti
 
 def _create_vheat3d(variant: str, pretrained: bool = False, **kwargs) -> vHeat3D:
     model_args = dict(MODEL_ARGS[variant.replace('vheat3d', 'vheat')], **kwargs)
-    return build_model_with_cfg(
-        vHeat3D, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn_3d,
-        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **model_args)
+    return build_vheat(vHeat3D, variant, pretrained, checkpoint_filter_fn_3d, **model_args)
 
 
 @register_model
