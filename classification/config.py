@@ -4,6 +4,12 @@ import os
 import yaml
 from yacs.config import CfgNode as CN
 
+from classification.data import DATASETS
+from classification.data.zipdata import CACHE_MODES
+
+SCHEDULERS = ('cosine', 'linear', 'step', 'multistep')
+OFFICIAL_OPTIMIZERS = {'fused_adam': 'fusedadam', 'fused_lamb': 'fusedlamb'}  # apex's, under timm's names
+
 
 class ConfigError(ValueError):
     """The configuration file or a command-line override is invalid."""
@@ -14,10 +20,14 @@ _C.BASE = ['']
 
 _C.DATA = CN()
 _C.DATA.BATCH_SIZE = 128            # per process
-_C.DATA.DATA_PATH = ''              # ImageNet-style folder with train/ and val/, one sub-folder per class
-_C.DATA.DATASET = 'imagenet'        # an ImageNet-style folder (the only kind)
+_C.DATA.DATA_PATH = ''              # imagenet: train/ and val/ with a sub-folder per class (or the zip layout)
+_C.DATA.DATASET = 'imagenet'        # or a standard set read from its files: fashion_mnist, mnist, cifar10, cifar100
 _C.DATA.IMG_SIZE = 224
 _C.DATA.INTERPOLATION = 'bicubic'
+_C.DATA.ZIP_MODE = False            # imagenet from train.zip/train_map.txt and val.zip/val_map.txt (--zip)
+_C.DATA.CACHE_MODE = 'part'         # zip mode: hold no, all ('full') or this rank's shard ('part') of the images
+_C.DATA.RANK_SHARDS = False         # each rank trains on a fixed shard (what --zip --cache-mode part implies)
+_C.DATA.TRAIN_SUBSET = 0            # standard data sets: train on the first N images only (0: all)
 _C.DATA.PIN_MEMORY = True
 _C.DATA.NUM_WORKERS = 8
 
@@ -40,6 +50,12 @@ _C.MODEL.VHEAT.MLP_RATIO = 4.0
 _C.MODEL.VHEAT.POST_NORM = False
 _C.MODEL.VHEAT.LAYER_SCALE = None   # initial value of the branch scales, None for none
 _C.MODEL.VHEAT.DCT_IMPL = 'matmul'     # or 'fft' (see classification/models/dct.py)
+_C.MODEL.VHEAT.PATCH_NORM = True    # official key; the official model never reads it (its stem always normalises)
+
+# MODEL.TYPE timm: any timm model, trained with the same recipe (data, augmentation, schedule, EMA) as vHeat
+_C.MODEL.TIMM = CN()
+_C.MODEL.TIMM.NAME = ''             # a timm model name, e.g. swin_tiny_patch4_window7_224
+_C.MODEL.TIMM.KWARGS = CN(new_allowed=True)  # its keyword arguments (in_chans, img_size, depths, ...)
 
 _C.TRAIN = CN()
 _C.TRAIN.START_EPOCH = 0
@@ -53,11 +69,21 @@ _C.TRAIN.CLIP_GRAD = 5.0            # max gradient norm, 0 for no clipping
 _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.ACCUMULATION_STEPS = 1
 _C.TRAIN.USE_CHECKPOINT = False     # gradient checkpointing
+_C.TRAIN.LR_SCHEDULER = CN()
+_C.TRAIN.LR_SCHEDULER.NAME = 'cosine'     # or linear, step, multistep (the official schedulers)
+_C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30   # step: decay every this many epochs
+_C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1    # step: by this factor
+_C.TRAIN.LR_SCHEDULER.WARMUP_PREFIX = True  # cosine: the cosine starts after the warm-up
+_C.TRAIN.LR_SCHEDULER.GAMMA = 0.1         # multistep: decay factor at each milestone
+_C.TRAIN.LR_SCHEDULER.MULTISTEPS = []     # multistep: milestone epochs
 _C.TRAIN.OPTIMIZER = CN()
-_C.TRAIN.OPTIMIZER.NAME = 'adamw'
+_C.TRAIN.OPTIMIZER.NAME = 'adamw'         # official: adamw, sgd (Nesterov), fused_adam, fused_lamb; or a timm name
 _C.TRAIN.OPTIMIZER.EPS = 1e-8
 _C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
 _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
+_C.TRAIN.LAYER_DECAY = 1.0          # official key, read only by SimMIM fine-tuning: no effect on vHeat, as officially
+_C.TRAIN.MOE = CN()
+_C.TRAIN.MOE.SAVE_MASTER = False    # official key (Swin MoE): no effect
 
 _C.AUG = CN()
 _C.AUG.COLOR_JITTER = 0.4
@@ -76,11 +102,18 @@ _C.AUG.MIXUP_MODE = 'batch'
 
 _C.TEST = CN()
 _C.TEST.CROP = True                 # resize to IMG_SIZE / 0.875, then centre-crop
+_C.TEST.SEQUENTIAL = False          # official keys; evaluation here always counts every image exactly once
+_C.TEST.SHUFFLE = False
 
 _C.MODEL_EMA = True
 _C.MODEL_EMA_DECAY = 0.9999
+_C.MODEL_EMA_FORCE_CPU = False      # keep the EMA weights on the CPU (--model_ema_force_cpu)
 _C.AMP_ENABLE = True                # autocast on CUDA (CPU runs in float32)
 _C.AMP_DTYPE = 'float16'            # or 'bfloat16'
+_C.AMP_OPT_LEVEL = ''               # official, deprecated (apex): O0 turns AMP off, O1/O2 change nothing
+_C.ENABLE_AMP = False               # official key of SimMIM: no effect
+_C.FUSED_WINDOW_PROCESS = False     # official keys of Swin's fused kernels: vHeat never reads them
+_C.FUSED_LAYERNORM = False
 _C.COMPILE = False                  # torch.compile the network for training and evaluation
 _C.CPU_STREAMING = False            # CPU inference (evaluation, throughput) through the streaming engine
 _C.OUTPUT = ''
@@ -130,6 +163,8 @@ def get_config(args) -> CN:
         'batch_size': 'DATA.BATCH_SIZE', 'data_path': 'DATA.DATA_PATH', 'resume': 'MODEL.RESUME',
         'pretrained': 'MODEL.PRETRAINED', 'accumulation_steps': 'TRAIN.ACCUMULATION_STEPS',
         'output': 'OUTPUT', 'tag': 'TAG', 'model_ema': 'MODEL_EMA', 'model_ema_decay': 'MODEL_EMA_DECAY',
+        'model_ema_force_cpu': 'MODEL_EMA_FORCE_CPU', 'cache_mode': 'DATA.CACHE_MODE',
+        'optim': 'TRAIN.OPTIMIZER.NAME', 'amp_opt_level': 'AMP_OPT_LEVEL',
     }
     for flag, key in flags.items():
         value = getattr(args, flag, None)
@@ -138,6 +173,12 @@ def get_config(args) -> CN:
             for part in leaf[:-1]:
                 node = node[part]
             node[leaf[-1]] = value
+    if getattr(args, 'zip', False):
+        config.DATA.ZIP_MODE = True
+    if getattr(args, 'fused_layernorm', False):
+        config.FUSED_LAYERNORM = True
+    if config.AMP_OPT_LEVEL == 'O0':  # the official meaning of the deprecated apex level: no mixed precision
+        config.AMP_ENABLE = False
     if getattr(args, 'use_checkpoint', False):
         config.TRAIN.USE_CHECKPOINT = True
     if getattr(args, 'disable_amp', False):
@@ -156,6 +197,11 @@ def get_config(args) -> CN:
 
 
 LR_REFERENCE_BATCH = 512
+
+
+def optimizer_name(name: str) -> str:
+    """timm's name for an optimizer of the official config (``fused_adam`` is timm's ``fusedadam``)."""
+    return OFFICIAL_OPTIMIZERS.get(str(name).lower(), str(name).lower())
 
 
 def total_batch(config: CN, world_size: int) -> int:
@@ -221,17 +267,34 @@ def validate(config: CN) -> None:
     from timm.data.transforms import str_to_pil_interp
     from timm.optim import list_optimizers
     _integer(config, 'DATA.BATCH_SIZE', 1)
-    _choice(config, 'DATA.DATASET', ('imagenet',))
+    _choice(config, 'DATA.DATASET', DATASETS)
+    _flag(config, 'DATA.ZIP_MODE')
+    _choice(config, 'DATA.CACHE_MODE', CACHE_MODES)
+    _flag(config, 'DATA.RANK_SHARDS')
+    _integer(config, 'DATA.TRAIN_SUBSET', 0)
+    if config.DATA.ZIP_MODE and config.DATA.DATASET != 'imagenet':
+        raise ConfigError(f'DATA.ZIP_MODE (--zip) reads the ImageNet zip layout; DATA.DATASET is '
+                          f'{config.DATA.DATASET!r}')
     _require(config, 'DATA.INTERPOLATION', "'random' or a PIL filter name (bicubic, bilinear, ...)",
              lambda v: v == 'random' or str_to_pil_interp(v) is not None)
     _flag(config, 'DATA.PIN_MEMORY')
     _integer(config, 'DATA.NUM_WORKERS', 0)
-    _choice(config, 'MODEL.TYPE', ('vHeat',))
+    _choice(config, 'MODEL.TYPE', ('vHeat', 'timm'))
+    if config.MODEL.TYPE == 'timm':
+        import timm
+        _require(config, 'MODEL.TIMM.NAME', "a timm model name (timm.list_models(), e.g. 'resnet18')",
+                 lambda v: bool(v) and timm.is_model(v))
+        if 'in_chans' in config.MODEL.TIMM.KWARGS:
+            _require(config, 'MODEL.TIMM.KWARGS.in_chans', '1 or 3 (the data pipeline makes greyscale or RGB '
+                     'images)', lambda v: v in (1, 3))
+        if config.CPU_STREAMING:
+            raise ConfigError('CPU_STREAMING (--cpu-streaming) is an engine of vHeat; MODEL.TYPE is timm')
     _integer(config, 'MODEL.NUM_CLASSES', 1)
     for key in ('MODEL.DROP_RATE', 'MODEL.DROP_PATH_RATE', 'MODEL.LABEL_SMOOTHING'):
         _number(config, key, 'in [0, 1)', lambda v: 0 <= v < 1)
     _choice(config, 'MODEL.VHEAT.PATCH_SIZE', (4,))
-    _require(config, 'MODEL.VHEAT.IN_CHANS', '3 (the data pipeline makes RGB images)', lambda v: v == 3)
+    _require(config, 'MODEL.VHEAT.IN_CHANS', '1 or 3 (the data pipeline makes greyscale or RGB images)',
+             lambda v: v in (1, 3))
     _integer(config, 'MODEL.VHEAT.EMBED_DIM', 2)
     _require(config, 'MODEL.VHEAT.DEPTHS', 'a non-empty list of integers >= 1',
              lambda v: len(v) > 0 and all(isinstance(d, int) and d >= 1 for d in v))
@@ -240,6 +303,7 @@ def validate(config: CN) -> None:
     _require(config, 'MODEL.VHEAT.LAYER_SCALE', 'None or a number > 0',
              lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
     _choice(config, 'MODEL.VHEAT.DCT_IMPL', ('matmul', 'fft'))
+    _flag(config, 'MODEL.VHEAT.PATCH_NORM')
     stride = 4 * 2 ** (len(config.MODEL.VHEAT.DEPTHS) - 1)
     _require(config, 'DATA.IMG_SIZE', f'an integer >= {stride} (every stage needs a frequency embedding of at '
              f'least 1x1, at stride {stride} in the last of {len(config.MODEL.VHEAT.DEPTHS)} stages)',
@@ -272,8 +336,10 @@ def validate(config: CN) -> None:
     _require(config, 'AUG.CUTMIX_MINMAX', 'None or two numbers 0 < min < max <= 1',
              lambda v: v is None or (len(v) == 2 and 0 < v[0] < v[1] <= 1))
     _choice(config, 'AUG.MIXUP_MODE', ('batch', 'pair', 'elem'))
-    for key in ('TEST.CROP', 'MODEL_EMA', 'AMP_ENABLE', 'COMPILE', 'CPU_STREAMING'):
+    for key in ('TEST.CROP', 'TEST.SEQUENTIAL', 'TEST.SHUFFLE', 'MODEL_EMA', 'MODEL_EMA_FORCE_CPU', 'AMP_ENABLE',
+                'ENABLE_AMP', 'COMPILE', 'CPU_STREAMING', 'FUSED_WINDOW_PROCESS', 'FUSED_LAYERNORM'):
         _flag(config, key)
+    _choice(config, 'AMP_OPT_LEVEL', ('', 'O0', 'O1', 'O2'))
     _number(config, 'MODEL_EMA_DECAY', 'in (0, 1)', lambda v: 0 < v < 1)
     _choice(config, 'AMP_DTYPE', ('float16', 'bfloat16'))
     _integer(config, 'SAVE_FREQ', 1)

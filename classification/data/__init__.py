@@ -1,3 +1,6 @@
-from .build import DataError, batches, build_loader, build_dataset, derived_seed, load_image, seed_everything
+from .build import (DATASETS, batches, build_dataset, build_loader, build_transform, derived_seed, input_channels,
+                    seed_everything)
+from .images import DataError, decode_image, load_image
 
-__all__ = ['DataError', 'batches', 'build_loader', 'build_dataset', 'derived_seed', 'load_image', 'seed_everything']
+__all__ = ['DATASETS', 'DataError', 'batches', 'build_dataset', 'build_loader', 'build_transform', 'decode_image',
+           'derived_seed', 'input_channels', 'load_image', 'seed_everything']

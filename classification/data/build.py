@@ -1,8 +1,10 @@
-"""ImageNet-style folders (``train/`` and ``val/``, one sub-folder per class) with timm's transforms and mixup.
+"""The trainer's data: ImageNet-style folders, the official zip layout (``--zip``), or torchvision's standard data
+sets (``DATA.DATASET``), with timm's transforms and mixup.
 
 The order of the training samples and every random choice of their augmentation depend only on (SEED, epoch,
 sample index), never on the worker that loads them or on where a run stopped: a run resumed mid-epoch sees the
-same batches and the same augmented images as an uninterrupted one.
+same batches and the same augmented images as an uninterrupted one. The same images give the same run whether
+they come from a folder or from its zip (``tools/folder_to_zip.py``), with any cache mode.
 """
 import contextlib
 import os
@@ -13,36 +15,17 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from timm.data import Mixup, create_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from . import augment  # noqa: F401  (registers the official RandAugment posterize, see augment.py)
+from .images import DataError, load_image
+from .standard import STANDARD_DATASETS, standard_dataset
+from .zipdata import ZipImageDataset
 
-
-class DataError(RuntimeError):
-    """The dataset folder is missing, malformed, or holds an unreadable image."""
-
-
-def load_image(path: str) -> Image.Image:
-    """Open an image as 8-bit RGB; a broken or truncated file is an error that names it (never skipped silently).
-
-    16-bit images are scaled by their bit depth (65535 becomes 255) instead of being clipped; images whose values
-    have no defined range (32-bit integer or float) are refused.
-    """
-    try:
-        with open(path, 'rb') as f:
-            image = Image.open(f)
-            if image.mode.startswith('I;16'):
-                pixels = np.asarray(image, dtype=np.uint32)
-                return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8)).convert('RGB')
-            if image.mode in ('I', 'F'):
-                kind = '32-bit integer' if image.mode == 'I' else 'floating point'
-                raise DataError(f'cannot read image {path}: mode {image.mode} ({kind}) has no defined value range; '
-                                'convert it to 8 or 16 bits')
-            return image.convert('RGB')
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f'cannot read image {path}: {e}') from None
+DATASETS = ('imagenet',) + STANDARD_DATASETS
 
 
 class CheckedImageFolder(ImageFolder):
@@ -70,28 +53,67 @@ def _check_link_loops(folder: str, ancestors: Tuple[str, ...] = ()) -> None:
                 _check_link_loops(entry.path, ancestors + (real,))
 
 
-def build_dataset(config, split: str, is_training: bool) -> ImageFolder:
-    root = os.path.join(config.DATA.DATA_PATH, split)
-    if not config.DATA.DATA_PATH or not os.path.isdir(root):
+def input_channels(config) -> int:
+    """The model's input channels: MODEL.VHEAT.IN_CHANS, or a timm model's ``in_chans`` keyword (default 3)."""
+    if config.MODEL.TYPE == 'timm':
+        return int(config.MODEL.TIMM.KWARGS.get('in_chans', 3))
+    return config.MODEL.VHEAT.IN_CHANS
+
+
+def build_dataset(config, split: str, is_training: bool, rank: int = 0, world_size: int = 1):
+    """The ``split`` ('train' or 'val') of ``DATA.DATASET``, transformed for training or for evaluation. With
+    ``DATA.ZIP_MODE``, ``DATA.CACHE_MODE`` says which images this rank holds in memory: all ('full'), its shard
+    ('part': every ``world_size``-th from ``rank``; evaluation reads only its shard, and so does training then, see
+    EpochSampler), or none ('no')."""
+    transform = build_transform(config, is_training)
+    mode = 'L' if input_channels(config) == 1 else 'RGB'
+    path = config.DATA.DATA_PATH
+    if config.DATA.DATASET != 'imagenet':
+        limit = config.DATA.TRAIN_SUBSET if split == 'train' else 0
+        return standard_dataset(config.DATA.DATASET, path, split, transform, mode, limit)
+    if config.DATA.ZIP_MODE:
+        cache = {'no': None, 'full': (0, 1), 'part': (rank, world_size)}[config.DATA.CACHE_MODE]
+        return ZipImageDataset(os.path.join(path, f'{split}.zip'), os.path.join(path, f'{split}_map.txt'),
+                               config.MODEL.NUM_CLASSES, transform, cache, mode)
+    root = os.path.join(path, split)
+    if not path or not os.path.isdir(root):
         raise DataError(f'data folder not found: {root or "(DATA.DATA_PATH is empty; pass --data-path)"}')
     try:
-        dataset = CheckedImageFolder(root, transform=build_transform(config, is_training), loader=load_image)
+        return CheckedImageFolder(root, transform=transform, loader=lambda p: load_image(p, mode))
     except FileNotFoundError as e:
         raise DataError(f'{root}: {e}') from None
-    return dataset
+
+
+def normalization(config) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """ImageNet's mean and std; for one input channel their means (as timm adapts a 3-channel config)."""
+    if input_channels(config) == 1:
+        return (float(np.mean(IMAGENET_DEFAULT_MEAN)),), (float(np.mean(IMAGENET_DEFAULT_STD)),)
+    return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 def build_transform(config, is_training: bool):
-    auto_augment = config.AUG.AUTO_AUGMENT
+    """timm's transforms as the official trainer builds them. As there (Swin-Transformer's rule), images of at
+    most 32 px are not resized: training crops at random from the image padded by 4 px (``RandomCrop`` instead of
+    ``RandomResizedCrop``), evaluation takes the centre ``IMG_SIZE`` square, zero-padded where the image is
+    smaller (28 px Fashion-MNIST at 32)."""
+    size, mean_std = config.DATA.IMG_SIZE, normalization(config)
+    small = size <= 32
     if is_training:
-        return create_transform(
-            config.DATA.IMG_SIZE, is_training=True, scale=tuple(config.AUG.SCALE), hflip=config.AUG.HFLIP,
+        auto_augment = config.AUG.AUTO_AUGMENT
+        transform = create_transform(
+            size, is_training=True, scale=tuple(config.AUG.SCALE), hflip=config.AUG.HFLIP,
             color_jitter=config.AUG.COLOR_JITTER or None,
             auto_augment=auto_augment if auto_augment and auto_augment != 'none' else None,
             re_prob=config.AUG.REPROB, re_mode=config.AUG.REMODE, re_count=config.AUG.RECOUNT,
-            interpolation=config.DATA.INTERPOLATION)
-    return create_transform(config.DATA.IMG_SIZE, is_training=False, crop_pct=0.875 if config.TEST.CROP else 1.0,
-                            interpolation=config.DATA.INTERPOLATION)
+            interpolation=config.DATA.INTERPOLATION, mean=mean_std[0], std=mean_std[1])
+        if small:
+            transform.transforms[0] = transforms.RandomCrop(size, padding=4, pad_if_needed=True)
+        return transform
+    if small:
+        return transforms.Compose([transforms.CenterCrop(size), transforms.ToTensor(),
+                                   transforms.Normalize(*mean_std)])
+    return create_transform(size, is_training=False, crop_pct=0.875 if config.TEST.CROP else 1.0,
+                            interpolation=config.DATA.INTERPOLATION, mean=mean_std[0], std=mean_std[1])
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -124,24 +146,40 @@ def seed_everything(seed: int) -> None:
 
 class EpochSampler(torch.utils.data.DistributedSampler):
     """``DistributedSampler`` (shuffled with SEED + epoch) that can start an epoch at a given batch, and that hands
-    the dataset ``(index, epoch)`` keys so that :class:`SeededSamples` can seed each sample's augmentation."""
+    the dataset ``(index, epoch)`` keys so that :class:`SeededSamples` can seed each sample's augmentation.
 
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, batch_size: int):
+    ``rank_shards``: instead of a fresh split of the whole set every epoch, each rank trains on its fixed shard
+    (every ``num_replicas``-th image from ``rank``), reshuffled each epoch; what the official trainer does with
+    ``--zip --cache-mode part`` (each rank then reads only the images it holds). Every rank runs the batches of
+    the smallest shard, so that no rank waits for a step the others do not take.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, batch_size: int, rank_shards: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.batch_size = batch_size
+        self.batch_size, self.rank_shards = batch_size, rank_shards
         self.start_batch = 0
-        self.batches_per_epoch = self.num_samples // batch_size  # the loader drops the last partial batch
+        per_rank = len(dataset) // num_replicas if rank_shards else self.num_samples
+        self.batches_per_epoch = per_rank // batch_size  # the loader drops the last partial batch
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch)
         self.start_batch = start_batch
 
+    def _epoch_indices(self) -> List[int]:
+        if not self.rank_shards:
+            return list(super().__iter__())
+        shard = torch.arange(self.rank, len(self.dataset), self.num_replicas)
+        order = torch.randperm(len(shard), generator=torch.Generator().manual_seed(
+            derived_seed(self.seed, self.epoch, self.rank)))
+        return shard[order][:self.batches_per_epoch * self.batch_size].tolist()
+
     def __iter__(self):
-        indices = list(super().__iter__())[self.start_batch * self.batch_size:]
+        indices = self._epoch_indices()[self.start_batch * self.batch_size:]
         return iter([(index, self.epoch) for index in indices])
 
     def __len__(self) -> int:
-        return self.num_samples - self.start_batch * self.batch_size
+        total = self.batches_per_epoch * self.batch_size if self.rank_shards else self.num_samples
+        return total - self.start_batch * self.batch_size
 
 
 class SeededSamples(torch.utils.data.Dataset):
@@ -180,24 +218,32 @@ def batches(loader: torch.utils.data.DataLoader) -> Iterator:
             shutdown()
 
 
-def build_loader(config, eval_only: bool = False):
-    """Datasets, distributed loaders and the mixup function.
+def build_loader(config, eval_only: bool = False, logger=None):
+    """Datasets, distributed loaders and the mixup function: (train set, val set, train loader, val loader,
+    mixup); the training parts are None with ``eval_only``.
 
     The training order depends only on (SEED, epoch) (``EpochSampler.set_epoch``), each sample's augmentation on
     (SEED, epoch, index) (``SeededSamples``).
     """
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    dataset_val = build_dataset(config, 'val', is_training=False)
-    dataset_train = None if eval_only else build_dataset(config, 'train', is_training=True)
-    if dataset_train is not None and dataset_train.classes != dataset_val.classes:
-        only_train = sorted(set(dataset_train.classes) - set(dataset_val.classes))
-        only_val = sorted(set(dataset_val.classes) - set(dataset_train.classes))
+    datasets = {}
+    for split in ('val',) if eval_only else ('val', 'train'):
+        datasets[split] = data = build_dataset(config, split, split == 'train', rank, world_size)
+        if config.DATA.ZIP_MODE and logger is not None:
+            logger.info(f'rank {rank}: {data.cached_images} of {len(data)} {split} images held in memory '
+                        f'({data.cached_bytes / 2 ** 20:.1f} MiB, --cache-mode {config.DATA.CACHE_MODE})')
+    dataset_val, dataset_train = datasets['val'], datasets.get('train')
+    classes_val = getattr(dataset_val, 'classes', None)
+    if dataset_train is not None and config.DATA.DATASET == 'imagenet' and not config.DATA.ZIP_MODE \
+            and dataset_train.classes != classes_val:
+        only_train = sorted(set(dataset_train.classes) - set(classes_val))
+        only_val = sorted(set(classes_val) - set(dataset_train.classes))
         raise DataError(f'class folders differ between train and val (only in train: {only_train[:5]}, '
                         f'only in val: {only_val[:5]})')
-    if len(dataset_val.classes) != config.MODEL.NUM_CLASSES:
-        raise DataError(f'{config.DATA.DATA_PATH} has {len(dataset_val.classes)} classes but '
-                        f'MODEL.NUM_CLASSES is {config.MODEL.NUM_CLASSES}')
+    if classes_val is not None and len(classes_val) != config.MODEL.NUM_CLASSES:
+        raise DataError(f'{config.DATA.DATA_PATH} has {len(classes_val)} classes but MODEL.NUM_CLASSES is '
+                        f'{config.MODEL.NUM_CLASSES}')
     loader_args = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and
                        torch.cuda.is_available(), worker_init_fn=init_worker, persistent_workers=False)
     sampler_val = ShardSampler(dataset_val, world_size, rank)
@@ -205,15 +251,16 @@ def build_loader(config, eval_only: bool = False):
                                              drop_last=False, **loader_args)
     if dataset_train is None:
         return None, dataset_val, None, loader_val, None
-    sampler_train = EpochSampler(dataset_train, world_size, rank, config.SEED, config.DATA.BATCH_SIZE)
+    rank_shards = config.DATA.RANK_SHARDS or (config.DATA.ZIP_MODE and config.DATA.CACHE_MODE == 'part')
+    sampler_train = EpochSampler(dataset_train, world_size, rank, config.SEED, config.DATA.BATCH_SIZE, rank_shards)
     loader_train = torch.utils.data.DataLoader(SeededSamples(dataset_train, config.SEED), sampler=sampler_train,
                                                batch_size=config.DATA.BATCH_SIZE, drop_last=True, **loader_args)
-    batches = sampler_train.batches_per_epoch
-    if batches == 0:
-        raise DataError(f'{config.DATA.DATA_PATH}/train has {len(dataset_train)} images, {len(sampler_train)} per '
-                        f'process: fewer than one batch of {config.DATA.BATCH_SIZE}')
-    if config.TRAIN.ACCUMULATION_STEPS > batches:
-        raise DataError(f'TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {batches} '
+    per_epoch = sampler_train.batches_per_epoch
+    if per_epoch == 0:
+        raise DataError(f'{config.DATA.DATA_PATH} has {len(dataset_train)} training images, '
+                        f'{len(sampler_train)} per process: fewer than one batch of {config.DATA.BATCH_SIZE}')
+    if config.TRAIN.ACCUMULATION_STEPS > per_epoch:
+        raise DataError(f'TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {per_epoch} '
                         'batches of an epoch per process: the optimizer would never step')
     return dataset_train, dataset_val, loader_train, loader_val, build_mixup(config)
 
