@@ -318,8 +318,26 @@ def validate(config: CN) -> None:
     _flag(config, 'TRAIN.AUTO_RESUME')
     _integer(config, 'TRAIN.ACCUMULATION_STEPS', 1)
     _flag(config, 'TRAIN.USE_CHECKPOINT')
-    _require(config, 'TRAIN.OPTIMIZER.NAME', "a timm optimizer name (timm.optim.list_optimizers(), e.g. 'adamw')",
-             lambda v: v.lower() in list_optimizers())
+    if optimizer_name(config.TRAIN.OPTIMIZER.NAME).startswith('fused'):
+        import importlib.util
+        if importlib.util.find_spec('apex') is None:
+            raise ConfigError(f'TRAIN.OPTIMIZER.NAME {config.TRAIN.OPTIMIZER.NAME!r} (--optim) needs NVIDIA apex, '
+                              "which is not installed; use 'adamw'")
+    _require(config, 'TRAIN.OPTIMIZER.NAME', "'adamw', 'sgd', 'fused_adam', 'fused_lamb' or a timm optimizer name "
+             "(timm.optim.list_optimizers())", lambda v: optimizer_name(v) in list_optimizers())
+    _choice(config, 'TRAIN.LR_SCHEDULER.NAME', SCHEDULERS)
+    _number(config, 'TRAIN.LR_SCHEDULER.DECAY_EPOCHS', '> 0', lambda v: v > 0)
+    _number(config, 'TRAIN.LR_SCHEDULER.DECAY_RATE', 'in (0, 1]', lambda v: 0 < v <= 1)
+    _number(config, 'TRAIN.LR_SCHEDULER.GAMMA', 'in (0, 1]', lambda v: 0 < v <= 1)
+    _flag(config, 'TRAIN.LR_SCHEDULER.WARMUP_PREFIX')
+    _require(config, 'TRAIN.LR_SCHEDULER.MULTISTEPS', 'a list of increasing integer epochs',
+             lambda v: all(isinstance(e, int) for e in v) and list(v) == sorted(set(v)))
+    if config.TRAIN.LR_SCHEDULER.NAME == 'multistep':
+        _require(config, 'TRAIN.LR_SCHEDULER.MULTISTEPS', f'a non-empty list of epochs >= TRAIN.WARMUP_EPOCHS '
+                 f'({config.TRAIN.WARMUP_EPOCHS}) for the multistep schedule',
+                 lambda v: len(v) > 0 and min(v) >= config.TRAIN.WARMUP_EPOCHS)
+    _number(config, 'TRAIN.LAYER_DECAY', 'in (0, 1]', lambda v: 0 < v <= 1)
+    _flag(config, 'TRAIN.MOE.SAVE_MASTER')
     _number(config, 'TRAIN.OPTIMIZER.EPS', '> 0', lambda v: v > 0)
     _pair(config, 'TRAIN.OPTIMIZER.BETAS', 'two numbers in [0, 1)', lambda a, b: 0 <= a < 1 and 0 <= b < 1)
     _number(config, 'TRAIN.OPTIMIZER.MOMENTUM', 'in [0, 1]', lambda v: 0 <= v <= 1)

@@ -27,14 +27,14 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from timm.utils import ModelEmaV3
 from torch.utils.tensorboard import SummaryWriter
 
+from classification.cli import exit_with_error
 from classification.config import ConfigError, get_config, optimizer_name, scale_learning_rates, total_batch
 from classification.data import DataError, batches, build_loader, derived_seed, input_channels, seed_everything
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
 from classification.models.serialization import CheckpointDownloadError
-from classification.utils import (CheckpointError, auto_resume_file, create_logger, exit_with_error,
-                                  init_distributed, load_optimizer_state, load_weights, save_checkpoint,
-                                  shared_checkpoint)
+from classification.utils import (CheckpointError, auto_resume_file, create_logger, init_distributed,
+                                  load_optimizer_state, load_weights, save_checkpoint, shared_checkpoint)
 
 
 class TrainingError(RuntimeError):
@@ -144,12 +144,13 @@ def build_scheduler(config, optimizer, batches_per_epoch: int):
     if s.NAME == 'linear':  # officially lr_min_rate 0.01 of the base rate; one base rate for every group here
         return PolyLRScheduler(optimizer, t_initial=max(1, steps - warmup), power=1.0,
                                lr_min=0.01 * config.TRAIN.BASE_LR, warmup_prefix=True, **common)
+    # step and multistep count their decays from step 0, warm-up included (timm's defaults now differ)
     if s.NAME == 'step':
         return StepLRScheduler(optimizer, decay_t=max(1, int(s.DECAY_EPOCHS * per_epoch)), decay_rate=s.DECAY_RATE,
-                               **common)
+                               warmup_prefix=False, **common)
     if s.NAME == 'multistep':
         return OfficialMultiStepLRScheduler(optimizer, decay_t=[e * per_epoch for e in s.MULTISTEPS],
-                                            decay_rate=s.GAMMA, **common)
+                                            decay_rate=s.GAMMA, warmup_prefix=False, **common)
     return CosineLRScheduler(optimizer, t_initial=max(1, steps - warmup if s.WARMUP_PREFIX else steps),
                              lr_min=config.TRAIN.MIN_LR, cycle_limit=1, warmup_prefix=s.WARMUP_PREFIX, **common)
 

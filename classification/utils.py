@@ -5,7 +5,7 @@ import io
 import logging
 import os
 import sys
-from typing import Dict, List, NoReturn, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -19,14 +19,6 @@ from classification.models.vheat import _rename_official_key
 
 class CheckpointError(RuntimeError):
     """A checkpoint does not fit the model built from the config."""
-
-
-def exit_with_error(message: str) -> NoReturn:
-    """``error: message`` on stderr in one write, then exit status 1. ``sys.exit(message)`` writes the message and
-    its newline separately, so the ranks of one launch, sharing stderr, could join their lines into one."""
-    sys.stderr.write(f'error: {message}\n')
-    sys.stderr.flush()
-    raise SystemExit(1)
 
 
 def create_logger(output_dir: str, rank: int, name: str) -> logging.Logger:

@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 
 import pytest
@@ -18,3 +19,13 @@ def official_io():
 def official_checkpoint():
     from classification.models import load_checkpoint
     return load_checkpoint(os.path.join(FIXTURES, 'official_vheat_mini.pth'))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No socket can reach anything: name lookups and connections fail."""
+    def refuse(*args, **kwargs):
+        raise OSError('network access blocked by the test')
+    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(socket.socket, 'connect', refuse)

@@ -1,5 +1,4 @@
 """The trainer under faults: nodes without a shared file system, preemption signals, a full disk, bad input."""
-import errno
 import os
 import re
 import signal
@@ -138,7 +137,7 @@ def test_ranks_stop_together_when_rank_0_cannot_read_the_checkpoint(fault_data, 
 
 def test_an_error_line_is_written_at_once(monkeypatch):
     """Ranks of one launch share stderr: each error line must reach it in one write, or two lines can merge."""
-    from classification.utils import exit_with_error
+    from classification.cli import exit_with_error
     writes = []
     monkeypatch.setattr(sys, 'stderr', SimpleNamespace(write=writes.append, flush=lambda: None))
     with pytest.raises(SystemExit) as exit_info:

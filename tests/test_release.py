@@ -2,7 +2,6 @@
 sockets blocked), the same file by path, torch.hub, a malicious file in its place, and no file while offline."""
 import json
 import os
-import socket
 
 import pytest
 import timm
@@ -56,16 +55,6 @@ def release(tmp_path_factory):
     torch.save(official_training_checkpoint(model.state_dict(), ema.state_dict(), DEPTHS), path)
     return dict(torch_home=str(torch_home), file=str(path), model=model, ema=ema,
                 x=torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """No socket can reach anything: name lookups and connections fail."""
-    def refuse(*args, **kwargs):
-        raise OSError('network access blocked by the test')
-    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
-    monkeypatch.setattr(socket, 'create_connection', refuse)
-    monkeypatch.setattr(socket.socket, 'connect', refuse)
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
 
 from classification.models.serialization import (CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
                                                  UnsafeCheckpointError, key_mismatch, load_checkpoint)
-from classification.utils import CheckpointError, exit_with_error  # noqa: E402
+from classification.cli import exit_with_error  # noqa: E402
+from classification.utils import CheckpointError  # noqa: E402
 
 ONE_LINE_ERRORS = (IncompatibleCheckpointError, CheckpointFormatError, UnsafeCheckpointError, CheckpointError,
                    FileNotFoundError)

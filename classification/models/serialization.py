@@ -12,7 +12,7 @@ import os
 import pickle
 import re
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
