@@ -39,3 +39,4 @@ class DurableCheckpointHook(CheckpointHook):
             path = os.path.join(self.out_dir, self.filename_tmpl.format(old))
             if os.path.isfile(path):
                 os.remove(path)
+

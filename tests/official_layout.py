@@ -6,8 +6,10 @@ of stage i, ``classifier``), 1x1-convolution MLP weights, and the official mmdet
 keys in the official order (the order of its ``named_parameters``). ``tests/test_release.py`` checks it against
 ``official_vheat_layout.json`` (keys, order and shapes of the official vHeat-T).
 """
+import pickle
 import re
 from collections import OrderedDict
+from types import SimpleNamespace
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -62,3 +64,28 @@ def official_param_groups(official_state_dict: Dict[str, torch.Tensor]):
     decay = [k for k, v in official_state_dict.items() if not (v.ndim == 1 or k.endswith('.bias'))]
     no_decay = [k for k, v in official_state_dict.items() if v.ndim == 1 or k.endswith('.bias')]
     return decay, no_decay
+
+
+class _Numpy1Pickler(pickle._Pickler):
+    """Pickles numpy's globals under their numpy 1.x names (``numpy.core.multiarray``), as files written by the
+    official runs (numpy 1.x) name them; numpy 2 writes ``numpy._core.multiarray``."""
+
+    def save_global(self, obj, name=None):
+        module, qualname = getattr(obj, '__module__', None), name or getattr(obj, '__qualname__', None)
+        if module and module.startswith('numpy._core') and qualname and '.' not in qualname:
+            self.write(pickle.GLOBAL + module.replace('numpy._core', 'numpy.core').encode() + b'\n' +
+                       qualname.encode() + b'\n')
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def save_as_numpy1(obj, path) -> None:
+    """``torch.save`` whose pickle names numpy's globals as numpy 1.x did."""
+    torch.save(obj, path, pickle_module=SimpleNamespace(Pickler=_Numpy1Pickler, __name__='pickle'))
+
+
+def official_runner_checkpoint(checkpoint: dict, depths: Sequence[int]) -> dict:
+    """An mmengine Runner checkpoint of ours as the official runs wrote it: the backbone in the official wrapper's
+    names (MMDET_VHEAT / MMSEG_VHEAT), everything else (meta, optimizer, schedulers, message hub) as it is."""
+    return dict(checkpoint, state_dict=to_official_detector(checkpoint['state_dict'], depths))

@@ -1,15 +1,21 @@
 """End to end on CPU: tools/dist_train.sh and tools/dist_test.sh (COCO bbox/segm mAP by pycocotools, mIoU with and
-without --tta) on tiny generated data sets; foreign checkpoints refused; a kill during a checkpoint write."""
+without --tta) on tiny generated data sets; checkpoints in the official release's layout (tools/test.py --out and
+--show-dir, load_from, --resume PATH, tools/image_demo.py); foreign checkpoints refused; a kill during a checkpoint
+write."""
+import glob
 import os
+import pickle
 import re
 import signal
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 
 from conftest import FIXTURES, ROOT
+from official_layout import official_runner_checkpoint, save_as_numpy1
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
@@ -61,31 +67,157 @@ def _relative(path, start) -> str:
     return os.path.relpath(path, start)
 
 
-def test_mask_rcnn_trains_and_tests_the_same_with_one_and_two_processes(detection_config, tmp_path):
-    """Trained by 2 processes; tested from another folder with relative paths (the scripts keep the caller's
-    working directory) by 1 and by 2 processes: the same COCO bbox and mask mAP (every image counted once)."""
-    _run('dist_train.sh', detection_config, '2', '--work-dir', str(tmp_path))
-    checkpoint = tmp_path / 'iter_2.pth'
-    assert checkpoint.is_file() and not list(tmp_path.glob('*.tmp'))
+@pytest.fixture(scope='module')
+def trained_detector(detection_config, tmp_path_factory):
+    """The tiny Mask R-CNN trained by 2 processes (tools/dist_train.sh); its work dir."""
+    work_dir = tmp_path_factory.mktemp('det_work')
+    _run('dist_train.sh', detection_config, '2', '--work-dir', str(work_dir))
+    assert (work_dir / 'iter_2.pth').is_file() and not list(work_dir.glob('*.tmp'))
+    return work_dir
+
+
+@pytest.fixture(scope='module')
+def trained_segmentor(segmentation_config, tmp_path_factory):
+    """The tiny UperNet trained by 2 processes; its work dir."""
+    work_dir = tmp_path_factory.mktemp('seg_work')
+    _run('dist_train.sh', segmentation_config, '2', '--work-dir', str(work_dir))
+    assert (work_dir / 'iter_2.pth').is_file()
+    return work_dir
+
+
+def _official_copy(work_dir, tmp_path) -> str:
+    """iter_2.pth as the official runs would have written it: backbone under the official wrapper's names, the
+    whole file pickled with numpy 1.x's names (``numpy.core.multiarray``)."""
+    import mm_runner
+    mm_runner.allow_runner_checkpoints()
+    ours = torch.load(work_dir / 'iter_2.pth', weights_only=True)
+    path = tmp_path / 'official.pth'
+    save_as_numpy1(official_runner_checkpoint(ours, [1, 1, 1, 1]), path)
+    pickled = zipfile.ZipFile(path).read(f'{path.stem}/data.pkl')
+    assert b'numpy.core.multiarray\n_reconstruct' in pickled and b'numpy._core' not in pickled
+    assert b'patch_embed.conv1.weight' in pickled and b'outnorm3.weight' in pickled
+    assert b'stem.conv1.weight' not in pickled
+    return str(path)
+
+
+def _predictions(path):
+    with open(path, 'rb') as f:
+        return pickle.load(f)  # written by this test run's tools/test.py
+
+
+def test_mask_rcnn_official_and_own_checkpoints_test_alike_with_one_and_two_processes(detection_config,
+                                                                                      trained_detector, tmp_path):
+    """Our checkpoint tested by 2 processes from another folder with relative paths (the scripts keep the caller's
+    working directory), the same weights in the official layout by 1 process: the same COCO bbox and mask mAP
+    (every image counted once) and the same predictions (--out), each test image painted (--show-dir)."""
+    official = _official_copy(trained_detector, tmp_path)
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
-    args = (_relative(detection_config, elsewhere), _relative(checkpoint, elsewhere))
-    one = _run('dist_test.sh', *args, '1', '--work-dir', 'test1', cwd=str(elsewhere))
-    two = _run('dist_test.sh', *args, '2', '--work-dir', 'test2', cwd=str(elsewhere))
-    assert (elsewhere / 'test1').is_dir() and (elsewhere / 'test2').is_dir()
-    assert _metrics(one, 'coco/bbox_mAP', 'coco/segm_mAP') == _metrics(two, 'coco/bbox_mAP', 'coco/segm_mAP')
+    ours = _run('dist_test.sh', _relative(detection_config, elsewhere),
+                _relative(trained_detector / 'iter_2.pth', elsewhere), '2', '--work-dir', 'test2', '--out',
+                'ours.pkl', cwd=str(elsewhere))
+    theirs = _run('dist_test.sh', detection_config, official, '1', '--work-dir', str(tmp_path / 'test1'), '--out',
+                  str(tmp_path / 'official.pkl'), '--show-dir', str(tmp_path / 'painted'))
+    assert (elsewhere / 'test2').is_dir() and (tmp_path / 'test1').is_dir()
+    assert _metrics(ours, 'coco/bbox_mAP', 'coco/segm_mAP') == _metrics(theirs, 'coco/bbox_mAP', 'coco/segm_mAP')
+    expected, got = _predictions(elsewhere / 'ours.pkl'), _predictions(tmp_path / 'official.pkl')
+    assert len(expected) == len(got) == 3
+    for a, b in zip(sorted(expected, key=lambda r: r['img_id']), sorted(got, key=lambda r: r['img_id'])):
+        assert a['img_path'] == b['img_path'] and len(a['pred_instances']['scores']) > 0
+        for key in ('bboxes', 'scores', 'labels'):
+            assert (a['pred_instances'][key].float() - b['pred_instances'][key].float()).abs().max() <= 1e-4, key
+        assert [m['counts'] for m in a['pred_instances']['masks']] == \
+            [m['counts'] for m in b['pred_instances']['masks']]
+    painted = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'painted' / '*.jpg')))
+    assert painted == ['00000.jpg', '00001.jpg', '00002.jpg']
 
 
-def test_upernet_trains_and_reports_miou(segmentation_config, tmp_path):
-    _run('dist_train.sh', segmentation_config, '2', '--work-dir', str(tmp_path))
-    checkpoint = tmp_path / 'iter_2.pth'
-    assert checkpoint.is_file()
-    plain_one = _run('dist_test.sh', segmentation_config, str(checkpoint), '1', '--work-dir', str(tmp_path))
-    plain_two = _run('dist_test.sh', segmentation_config, str(checkpoint), '2', '--work-dir', str(tmp_path))
-    tta = _run('dist_test.sh', segmentation_config, str(checkpoint), '2', '--tta', '--work-dir', str(tmp_path))
-    assert not _TTA_MODEL.search(plain_one.stdout) and _TTA_MODEL.search(tta.stdout)
-    assert _metrics(plain_one, 'mIoU') == _metrics(plain_two, 'mIoU')
+def test_upernet_official_and_own_checkpoints_test_alike_with_and_without_tta(segmentation_config,
+                                                                              trained_segmentor, tmp_path):
+    """Ours by 2 processes, the official layout by 1: the same mIoU and predictions, logits included (--out), each
+    test image painted (--show-dir); --tta runs the config's test-time augmentation."""
+    official = _official_copy(trained_segmentor, tmp_path)
+    ours = str(trained_segmentor / 'iter_2.pth')
+    two = _run('dist_test.sh', segmentation_config, ours, '2', '--work-dir', str(tmp_path / 'a'), '--out',
+               str(tmp_path / 'ours.pkl'))
+    one = _run('dist_test.sh', segmentation_config, official, '1', '--work-dir', str(tmp_path / 'b'), '--out',
+               str(tmp_path / 'official.pkl'), '--show-dir', str(tmp_path / 'painted'))
+    tta = _run('dist_test.sh', segmentation_config, ours, '2', '--tta', '--work-dir', str(tmp_path / 'c'))
+    assert not _TTA_MODEL.search(one.stdout) and _TTA_MODEL.search(tta.stdout)
+    assert _metrics(one, 'mIoU') == _metrics(two, 'mIoU')
     _metrics(tta, 'mIoU')
+    expected, got = _predictions(tmp_path / 'ours.pkl'), _predictions(tmp_path / 'official.pkl')
+    assert len(expected) == len(got) == 3
+    for a, b in zip(sorted(expected, key=lambda r: r['img_path']), sorted(got, key=lambda r: r['img_path'])):
+        assert a['seg_logits']['data'].shape == (3, 64, 64)  # the logits are kept, per class and pixel
+        assert (a['seg_logits']['data'] - b['seg_logits']['data']).abs().max() <= 1e-4
+        assert torch.equal(a['pred_sem_seg']['data'], b['pred_sem_seg']['data'])
+    painted = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / 'painted' / '*')))
+    assert painted == ['00000.jpg', '00001.jpg', '00002.jpg']
+
+
+LOAD_AND_DUMP = '''
+import os, sys
+sys.path[:0] = [{root!r}, os.path.join({root!r}, 'tools')]
+import torch
+import mm_runner, train
+from mmengine.runner import Runner
+
+def load_then_dump(self):
+    Runner.load_or_resume(self)
+    model = mm_runner.unwrap(self.model)
+    torch.save({{'state_dict': model.state_dict(), 'iter': self.iter}}, os.environ['DUMP'])
+    raise SystemExit(0)
+
+mm_runner.StrictRunner.load_or_resume = load_then_dump
+for mode, argv in {runs!r}:
+    os.environ['DUMP'] = os.path.join({out!r}, mode + '.pth')
+    try:
+        train.main(argv)
+    except SystemExit as e:
+        assert e.code == 0, e.code
+'''
+
+
+@pytest.mark.parametrize('task', ['detection', 'segmentation'])
+def test_official_layout_loads_fully_by_load_from_and_resume(task, detection_config, segmentation_config,
+                                                              trained_detector, trained_segmentor, tmp_path):
+    """load_from=official.pth and tools/train.py --resume official.pth: every parameter, output norms included,
+    equals the file's (converted), and resuming continues at the file's iteration."""
+    config, work_dir = (detection_config, trained_detector) if task == 'detection' else \
+        (segmentation_config, trained_segmentor)
+    official = _official_copy(work_dir, tmp_path)
+    runs = [('load_from', [config, '--work-dir', str(tmp_path / 'w1'), '--cfg-options', f'load_from={official}']),
+            ('resume', [config, '--work-dir', str(tmp_path / 'w2'), '--resume', official])]
+    script = tmp_path / 'load_and_dump.py'
+    script.write_text(LOAD_AND_DUMP.format(root=ROOT, runs=runs, out=str(tmp_path)))
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=dict(_env(), PYTHONPATH=ROOT),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    import mm_runner
+    mm_runner.allow_runner_checkpoints()
+    expected = torch.load(work_dir / 'iter_2.pth', weights_only=True)['state_dict']
+    assert any(k.startswith('backbone.out_norms.3.') for k in expected)
+    for mode in ('load_from', 'resume'):
+        dumped = torch.load(tmp_path / f'{mode}.pth', weights_only=True)
+        assert set(dumped['state_dict']) == set(expected), mode
+        for key, value in expected.items():
+            assert torch.equal(dumped['state_dict'][key], value), f'{mode}: {key}'
+    assert torch.load(tmp_path / 'resume.pth', weights_only=True)['iter'] == 2
+
+
+def test_image_demo_paints_an_official_detection_checkpoint(detection_config, trained_detector, tmp_path):
+    official = _official_copy(trained_detector, tmp_path)
+    image = os.path.join(os.path.dirname(detection_config), 'val', '00001.jpg')
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'image_demo.py'), image, detection_config,
+                             official, '--out-dir', str(tmp_path / 'demo'), '--score-thr', '0.0'], cwd=ROOT,
+                            env=dict(_env(), PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    painted = tmp_path / 'demo' / '00001.jpg'
+    assert painted.is_file() and f'painted prediction written to {painted}' in result.stdout
+    import cv2
+    original, drawn = cv2.imread(image), cv2.imread(str(painted))
+    assert drawn.shape == original.shape and (drawn.astype(int) - original).any()  # something was drawn
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:

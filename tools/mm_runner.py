@@ -1,9 +1,10 @@
-"""What tools/train.py and tools/test.py share: config loading, CPU/gloo set-up, safe checkpoint globals,
-strict checkpoint loading and one-line errors."""
+"""What tools/train.py, tools/test.py and tools/image_demo.py share: config loading, CPU/gloo set-up, safe
+checkpoint globals, strict checkpoint loading of official and own checkpoints, and one-line errors."""
 import argparse
 import os
+import pickle
 import sys
-from typing import Callable
+from typing import Callable, Dict
 
 import numpy as np
 import torch
@@ -14,14 +15,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging.history_buffer import HistoryBuffer  # noqa: E402
 from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
 
-from classification.models.serialization import (CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
-                                                 UnsafeCheckpointError, key_mismatch, load_checkpoint)
-from classification.cli import exit_with_error  # noqa: E402
+from classification.cli import UsageError, exit_with_error  # noqa: E402
+from classification.models.backbone import vHeatBackbone  # noqa: E402
+from classification.models.serialization import (CheckpointDownloadError, CheckpointFormatError,  # noqa: E402
+                                                 IncompatibleCheckpointError, UnsafeCheckpointError, key_mismatch,
+                                                 load_checkpoint)
 from classification.utils import CheckpointError  # noqa: E402
 
 ONE_LINE_ERRORS = (IncompatibleCheckpointError, CheckpointFormatError, UnsafeCheckpointError, CheckpointError,
-                   FileNotFoundError)
+                   CheckpointDownloadError, FileNotFoundError, UsageError)
 
 
 def run_or_exit(fn: Callable[[], object]) -> None:
@@ -32,32 +36,73 @@ def run_or_exit(fn: Callable[[], object]) -> None:
         exit_with_error(e.args[0] if e.args else str(e))
 
 
-def load_weights_strictly(model: torch.nn.Module, path: str) -> None:
-    """Load a Runner checkpoint (or a plain state dict) into the model under its wrappers; every key must fit."""
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The detector/segmentor under DDP and test-time-augmentation wrappers."""
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
-    checkpoint = load_checkpoint(path)
-    state_dict = checkpoint.get('state_dict', checkpoint)
+    return model
+
+
+def convert_checkpoint_keys(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The checkpoint's keys as the model names them: DDP's ``module.`` prefix removed, and each vHeat backbone
+    converts the keys under its prefix (the official wrapper's names: ``patch_embed``, ``layers.i.j``,
+    ``freq_embed.i``, ``outnorm{i}``, 1x1-convolution MLP weights)."""
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    for name, module in model.named_modules():
+        if isinstance(module, vHeatBackbone):
+            prefix = f'{name}.' if name else ''
+            own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+            state_dict.update({prefix + k: v for k, v in module.convert_state_dict(own).items()})
+    return state_dict
+
+
+def load_weights_strictly(model: torch.nn.Module, checkpoint: dict, path: str) -> None:
+    """Load a Runner checkpoint (official layout or ours) or a plain state dict into the model under its wrappers;
+    after conversion every key must fit."""
+    model = unwrap(model)
+    state_dict = convert_checkpoint_keys(model, checkpoint.get('state_dict', checkpoint))
     mismatch = key_mismatch(state_dict, model.state_dict())
     if mismatch:
         raise IncompatibleCheckpointError(f'{path} does not fit the {type(model).__name__} of the config: {mismatch}')
     model.load_state_dict(state_dict, strict=True)
 
 
+class StrictRunner(Runner):
+    """mmengine's Runner whose ``load_checkpoint`` (``load_from``, ``resume``, tools/test.py) reads weights-only,
+    converts official checkpoints, and refuses one that does not fit, naming the keys (mmengine loads
+    non-strictly: what does not fit would stay at its initialisation, and only a log line would say so)."""
+
+    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False, revise_keys=()):
+        checkpoint = load_checkpoint(filename)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        load_weights_strictly(self.model, checkpoint, filename)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename} (strict, official names converted)')
+        return checkpoint
+
+
+def _history_buffer_statistic(owner, name: str):
+    """``getattr`` as a Runner checkpoint may use it: pickle stores a HistoryBuffer's statistics methods as
+    ``getattr(HistoryBuffer, 'mean')`` (mmengine's ``__getstate__``). Only those four resolve; anything else is
+    refused, so the allow-listed name cannot reach any other attribute."""
+    if owner is HistoryBuffer and name in ('min', 'max', 'current', 'mean'):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'getattr({owner!r}, {name!r}) is not allowed in a checkpoint')
+
+
 def allow_runner_checkpoints() -> None:
     """mmengine loads checkpoints with torch.load's default weights_only=True (torch >= 2.6); its Runner
-    checkpoints also hold the message hub's HistoryBuffers, numpy arrays and scalars: allow exactly those."""
+    checkpoints also hold the message hub: HistoryBuffers (with their statistics methods), numpy arrays and
+    scalars. Allow exactly those, under numpy 2's names and under the numpy 1.x names of checkpoints written by
+    the official runs (``numpy.core.multiarray``)."""
     multiarray = np._core.multiarray
+    # numpy.dtype(...) builds instances of these classes (numpy 2), which the unpickler then sets the state of
     dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    torch.serialization.add_safe_globals(
-        [HistoryBuffer, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes])
-    HistoryBuffer.__getstate__ = _history_buffer_state
-
-
-def _history_buffer_state(buffer: HistoryBuffer) -> dict:
-    """HistoryBuffer pickles its statistics functions (``getattr(HistoryBuffer, 'min')``...), which a weights-only
-    load must refuse; __setstate__ restores the default ones, so checkpoints written here leave them out."""
-    return {k: v for k, v in buffer.__dict__.items() if k != 'statistics_methods'}
+    torch.serialization.add_safe_globals([
+        HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr'), np.ndarray, np.dtype, *dtypes,
+        multiarray.scalar, multiarray._reconstruct,
+        (multiarray.scalar, 'numpy.core.multiarray.scalar'),
+        (multiarray._reconstruct, 'numpy.core.multiarray._reconstruct')])
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -70,21 +115,23 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace) -> Config:
     """Read the config (the task, mmdet or mmseg, comes from its custom_imports and default_scope)."""
+    if not os.path.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config}')
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join(
         'work_dirs', os.path.splitext(os.path.basename(args.config))[0])
     if not torch.cuda.is_available():
-        _run_on_cpu(cfg)
+        run_on_cpu(cfg)
     return cfg
 
 
-def _run_on_cpu(cfg: Config) -> None:
+def run_on_cpu(cfg: Config) -> None:
     """Without a GPU: gloo instead of NCCL, DDP on CPU modules (device_ids=None), and plain BatchNorm, as
     SyncBatchNorm needs CUDA (each process then normalises over its own batch)."""
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-    if cfg.launcher != 'none':
+    if cfg.get('launcher', 'none') != 'none':
         cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
                                      find_unused_parameters=cfg.get('find_unused_parameters', False))
         if not dist.is_initialized():  # mmengine's init_dist calls torch.cuda.set_device first

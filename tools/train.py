@@ -1,23 +1,58 @@
 """Train a detection (mmdet) or segmentation (mmseg) config with mmengine's Runner; see tools/dist_train.sh.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume] [--cfg-options k=v ...] [--launcher pytorch]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--auto-scale-lr]
+                          [--cfg-options k=v ...] [--launcher pytorch]
+
+``--resume`` alone continues from the work dir's last checkpoint; ``--resume PATH`` from that checkpoint (official
+layout or ours). ``load_from=PATH`` (config or --cfg-options) starts from its weights. Both load strictly.
 """
 import argparse
 
-from mm_runner import add_common_args, allow_runner_checkpoints, load_config, run_or_exit
-from mmengine.runner import Runner
+import torch
+from mm_runner import StrictRunner, add_common_args, allow_runner_checkpoints, load_config, run_or_exit
+
+from classification.cli import UsageError
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
-    parser.add_argument('--resume', action='store_true', help='resume from the latest checkpoint in work-dir')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='PATH',
+                        help='resume from PATH, or (no PATH) from the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true', help='mixed-precision training (AmpOptimWrapper; needs CUDA)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help="scale the learning rate by the total batch against the config's auto_scale_lr")
     add_common_args(parser)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def apply_args(cfg, args) -> None:
+    """mmdet's meanings of --resume, --amp and --auto-scale-lr."""
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.amp:
+        if not torch.cuda.is_available():
+            raise UsageError('--amp: mixed-precision training (mmengine\'s AmpOptimWrapper) needs a CUDA GPU')
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
+            raise UsageError(f'--amp: the config\'s optim_wrapper is {cfg.optim_wrapper.type}, not OptimWrapper')
+        cfg.optim_wrapper.type, cfg.optim_wrapper.loss_scale = 'AmpOptimWrapper', 'dynamic'
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise UsageError(f'--auto-scale-lr: {args.config} sets no auto_scale_lr.base_batch_size')
+        cfg.auto_scale_lr.enable = True
+
+
+def main(argv=None):
+    args = parse_args(argv)
     allow_runner_checkpoints()
-    cfg = load_config(args)
-    cfg.resume = args.resume
-    run_or_exit(lambda: Runner.from_cfg(cfg).train())
+
+    def train():
+        cfg = load_config(args)
+        apply_args(cfg, args)
+        StrictRunner.from_cfg(cfg).train()
+    run_or_exit(train)
 
 
 if __name__ == '__main__':
