@@ -160,7 +160,7 @@ LOAD_AND_DUMP = '''
 import os, sys
 sys.path[:0] = [{root!r}, os.path.join({root!r}, 'tools')]
 import torch
-import mm_runner, train
+import image_demo, mm_runner, train
 from mmengine.runner import Runner
 
 def load_then_dump(self):
@@ -170,49 +170,51 @@ def load_then_dump(self):
     raise SystemExit(0)
 
 mm_runner.StrictRunner.load_or_resume = load_then_dump
-for mode, argv in {runs!r}:
-    os.environ['DUMP'] = os.path.join({out!r}, mode + '.pth')
+for dump, argv in {runs!r}:
+    os.environ['DUMP'] = dump
     try:
         train.main(argv)
     except SystemExit as e:
         assert e.code == 0, e.code
+image_demo.main({demo!r})
 '''
 
 
-@pytest.mark.parametrize('task', ['detection', 'segmentation'])
-def test_official_layout_loads_fully_by_load_from_and_resume(task, detection_config, segmentation_config,
-                                                              trained_detector, trained_segmentor, tmp_path):
-    """load_from=official.pth and tools/train.py --resume official.pth: every parameter, output norms included,
-    equals the file's (converted), and resuming continues at the file's iteration."""
-    config, work_dir = (detection_config, trained_detector) if task == 'detection' else \
-        (segmentation_config, trained_segmentor)
-    official = _official_copy(work_dir, tmp_path)
-    runs = [('load_from', [config, '--work-dir', str(tmp_path / 'w1'), '--cfg-options', f'load_from={official}']),
-            ('resume', [config, '--work-dir', str(tmp_path / 'w2'), '--resume', official])]
+def test_official_layout_loads_fully_by_load_from_resume_and_image_demo(detection_config, segmentation_config,
+                                                                        trained_detector, trained_segmentor,
+                                                                        tmp_path):
+    """load_from=official.pth and tools/train.py --resume official.pth, for the Mask R-CNN and the UperNet: every
+    parameter, output norms included, equals the file's (converted), and resuming continues at the file's
+    iteration. tools/image_demo.py paints the official detection checkpoint's prediction on an image."""
+    runs, expected = [], {}
+    for task, config, work_dir in (('det', detection_config, trained_detector),
+                                   ('seg', segmentation_config, trained_segmentor)):
+        (tmp_path / task).mkdir()
+        official = _official_copy(work_dir, tmp_path / task)
+        expected[task] = work_dir / 'iter_2.pth'
+        runs += [(str(tmp_path / task / 'load_from.pth'),
+                  [config, '--work-dir', str(tmp_path / task / 'w1'), '--cfg-options', f'load_from={official}']),
+                 (str(tmp_path / task / 'resume.pth'),
+                  [config, '--work-dir', str(tmp_path / task / 'w2'), '--resume', official])]
+    image = os.path.join(os.path.dirname(detection_config), 'val', '00001.jpg')
+    demo = [image, detection_config, str(tmp_path / 'det' / 'official.pth'), '--out-dir', str(tmp_path / 'demo'),
+            '--score-thr', '0.0']
     script = tmp_path / 'load_and_dump.py'
-    script.write_text(LOAD_AND_DUMP.format(root=ROOT, runs=runs, out=str(tmp_path)))
+    script.write_text(LOAD_AND_DUMP.format(root=ROOT, runs=runs, demo=demo))
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=dict(_env(), PYTHONPATH=ROOT),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     import mm_runner
     mm_runner.allow_runner_checkpoints()
-    expected = torch.load(work_dir / 'iter_2.pth', weights_only=True)['state_dict']
-    assert any(k.startswith('backbone.out_norms.3.') for k in expected)
-    for mode in ('load_from', 'resume'):
-        dumped = torch.load(tmp_path / f'{mode}.pth', weights_only=True)
-        assert set(dumped['state_dict']) == set(expected), mode
-        for key, value in expected.items():
-            assert torch.equal(dumped['state_dict'][key], value), f'{mode}: {key}'
-    assert torch.load(tmp_path / 'resume.pth', weights_only=True)['iter'] == 2
-
-
-def test_image_demo_paints_an_official_detection_checkpoint(detection_config, trained_detector, tmp_path):
-    official = _official_copy(trained_detector, tmp_path)
-    image = os.path.join(os.path.dirname(detection_config), 'val', '00001.jpg')
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'image_demo.py'), image, detection_config,
-                             official, '--out-dir', str(tmp_path / 'demo'), '--score-thr', '0.0'], cwd=ROOT,
-                            env=dict(_env(), PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    for task in ('det', 'seg'):
+        reference = torch.load(expected[task], weights_only=True)['state_dict']
+        assert any(k.startswith('backbone.out_norms.3.') for k in reference)
+        for mode in ('load_from', 'resume'):
+            dumped = torch.load(tmp_path / task / f'{mode}.pth', weights_only=True)
+            assert set(dumped['state_dict']) == set(reference), (task, mode)
+            for key, value in reference.items():
+                assert torch.equal(dumped['state_dict'][key], value), f'{task} {mode}: {key}'
+        assert torch.load(tmp_path / task / 'resume.pth', weights_only=True)['iter'] == 2
     painted = tmp_path / 'demo' / '00001.jpg'
     assert painted.is_file() and f'painted prediction written to {painted}' in result.stdout
     import cv2
