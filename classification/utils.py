@@ -72,8 +72,9 @@ def save_checkpoint(path: str, state: dict) -> None:
     write_durably(path, buffer.getbuffer())
 
 
-def write_durably(path: str, data) -> None:
-    """Atomic, durable replacement of ``path`` by ``data`` (bytes-like); see :func:`save_checkpoint`."""
+def write_durably(path: str, data, what: str = 'checkpoint') -> None:
+    """Atomic, durable replacement of ``path`` by ``data`` (bytes-like); see :func:`save_checkpoint`. ``what`` names
+    the file in the error."""
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'wb') as f:
@@ -82,7 +83,7 @@ def write_durably(path: str, data) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise CheckpointError(f'cannot write checkpoint {path}: {e.strerror or e}') from None
+        raise CheckpointError(f'cannot write {what} {path}: {e.strerror or e}') from None
 
 
 def commit_file(tmp: str, path: str) -> None:
