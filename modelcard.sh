@@ -12,14 +12,17 @@
 # Published ImageNet-1K top-1: vHeat-T 82.2, vHeat-S 83.6, vHeat-B 83.9.
 set -euo pipefail
 cd "$(dirname "$0")"
-size=${1:?usage: modelcard.sh tiny|small|base train|eval|throughput}
-action=${2:?usage: modelcard.sh tiny|small|base train|eval|throughput}
-case "$size" in tiny|small|base) ;; *) echo "unknown model size: $size" >&2; exit 2 ;; esac
+. tools/common.sh
+ACTIONS="train|eval|throughput|det_train|det_test|det3x_train|det3x_test|seg_train|seg_test"
+[ $# -eq 2 ] || die "usage: modelcard.sh tiny|small|base $ACTIONS"
+size=$1
+action=$2
+case "$size" in tiny|small|base) ;; *) die "unknown model size '$size' (tiny, small or base)" ;; esac
 data=${DATA:-/dataset/ImageNet2012}
 output=${OUTPUT:-/tmp}
 cfg=classification/configs/vHeat/vHeat_${size}_224.yaml
 gpus=${GPUS:-16}
-case "$gpus" in 1|2|4|8|16) ;; *) echo "GPUS must divide 16 (the official 16 x 128 images), got $gpus" >&2; exit 2 ;; esac
+case "$gpus" in 1|2|4|8|16) ;; *) die "GPUS must divide 16 (the official 16 x 128 images), got '$gpus'" ;; esac
 launch=(torchrun --nnodes=1 --nproc_per_node="$gpus" --master_addr="127.0.0.1" --master_port=29501)
 case "$action" in
   train)
@@ -52,6 +55,5 @@ case "$action" in
     set -x
     bash tools/dist_test.sh "segmentation/configs/vheat/${config}.py" "work_dirs/${config}/iter_160000.pth" 8
     bash tools/dist_test.sh "segmentation/configs/vheat/${config}.py" "work_dirs/${config}/iter_160000.pth" 8 --tta ;;
-  *) echo "unknown action: $action (train, eval, throughput, det_train, det_test, det3x_train, det3x_test," \
-          "seg_train or seg_test)" >&2; exit 2 ;;
+  *) die "unknown action '$action' ($ACTIONS)" ;;
 esac

@@ -104,3 +104,24 @@ def require_device(device: str, arg: str = '--device'):
     elif parsed.type != 'cpu':
         raise UsageError(f'{arg} {device}: only cpu and cuda devices are supported')
     return parsed
+
+
+def write_output(path: str, data: bytes) -> None:
+    """Write a result file whole or not at all (temporary name, fsync, rename): a failing command never leaves a
+    half-written file, nor removes the previous one."""
+    from classification.utils import write_durably
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
+    write_durably(path, data, 'file')
+
+
+def write_json(path: str, obj, indent: int = 2) -> None:
+    import json
+    write_output(path, (json.dumps(obj, indent=indent) + '\n').encode())
+
+
+def save_figure(fig, path: str, **savefig_kwargs) -> None:
+    """A matplotlib figure as a PNG written by :func:`write_output`."""
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', **savefig_kwargs)
+    write_output(path, buffer.getvalue())

@@ -149,6 +149,9 @@ def _merge(config: CN, what: str, merge) -> None:
         raise ConfigError(f'{what}: {str(e).splitlines()[0]}') from None
 
 
+DASHED_FLAGS = ('batch_size', 'data_path', 'accumulation_steps', 'cache_mode', 'amp_opt_level')
+
+
 def get_config(args) -> CN:
     """Defaults, then ``args.cfg``, then ``args.opts`` and the dedicated flags."""
     config = _C.clone()
@@ -166,9 +169,11 @@ def get_config(args) -> CN:
         'model_ema_force_cpu': 'MODEL_EMA_FORCE_CPU', 'cache_mode': 'DATA.CACHE_MODE',
         'optim': 'TRAIN.OPTIMIZER.NAME', 'amp_opt_level': 'AMP_OPT_LEVEL',
     }
+    given = {}
     for flag, key in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
+            given[key] = '--' + flag.replace('_', '-') if flag in DASHED_FLAGS else '--' + flag
             node, leaf = config, key.split('.')
             for part in leaf[:-1]:
                 node = node[part]
@@ -190,7 +195,11 @@ def get_config(args) -> CN:
     config.EVAL_MODE = bool(getattr(args, 'eval', False))
     config.THROUGHPUT_MODE = bool(getattr(args, 'throughput', False))
     config.LOCAL_RANK = int(getattr(args, 'local_rank', 0) or 0)
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as e:  # a value given by a flag: name the flag too
+        key, _, rest = str(e).partition(' ')
+        raise ConfigError(f'{given[key]} ({key}) {rest}' if key in given else str(e)) from None
     config.OUTPUT = os.path.join(config.OUTPUT or 'output', config.MODEL.NAME, config.TAG)
     config.freeze()
     return config

@@ -17,10 +17,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from classification.models import (CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
-                                   UnsafeCheckpointError, load_checkpoint)
+from classification.cli import UsageError, exit_on_errors, require_file, require_positive  # noqa: E402
+from classification.models import IncompatibleCheckpointError, load_checkpoint  # noqa: E402
 from classification.models.vheat import resize_freq_embed  # noqa: E402
-from classification.utils import CheckpointError, save_checkpoint  # noqa: E402
+from classification.utils import save_checkpoint  # noqa: E402
 
 FREQ_EMBED = re.compile(r'^(?:freq_embed\.(\d+)|stages\.(\d+)\.freq_embed)$')
 MIN_SIZE = 32  # the last of 4 stages has stride 32: its embedding needs at least one cell
@@ -58,21 +58,18 @@ def main(argv=None) -> None:
     parser.add_argument('--tg_size', type=int, default=512, help='downstream resolution (the model img_size)')
     parser.add_argument('--mode', choices=['zero', 'bicubic'], default='zero')
     args = parser.parse_args(argv)
-    for flag, size in (('--pt_size', args.pt_size), ('--tg_size', args.tg_size)):
-        if size < MIN_SIZE:
-            sys.exit(f'error: {flag} must be at least {MIN_SIZE} (one cell of frequency embedding at stride 32), '
-                     f'got {size}')
-    try:
-        checkpoint = load_checkpoint(args.pt_pth)
+    with exit_on_errors():
+        for flag, size in (('--pt_size', args.pt_size), ('--tg_size', args.tg_size)):
+            require_positive(size, flag, minimum=MIN_SIZE)  # one cell of frequency embedding at stride 32
+        checkpoint = load_checkpoint(require_file(args.pt_pth, '--pt_pth', 'checkpoint'))
         state_dict = checkpoint.get('model', checkpoint)
-        if not isinstance(state_dict, dict):
-            raise IncompatibleCheckpointError(f"'model' holds a {type(state_dict).__name__}, not a state dict")
-        state_dict = interpolate(state_dict, args.pt_size, args.tg_size, args.mode)
+        try:
+            if not isinstance(state_dict, dict):
+                raise IncompatibleCheckpointError(f"'model' holds a {type(state_dict).__name__}, not a state dict")
+            state_dict = interpolate(state_dict, args.pt_size, args.tg_size, args.mode)
+        except IncompatibleCheckpointError as e:
+            raise UsageError(f'--pt_pth {args.pt_pth}: {e}') from None
         save_checkpoint(args.tg_pth, {'model': state_dict})
-    except IncompatibleCheckpointError as e:
-        sys.exit(f'error: {args.pt_pth}: {e}')
-    except (CheckpointFormatError, UnsafeCheckpointError, CheckpointError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
     print(f'wrote {args.tg_pth}: frequency embeddings {args.pt_size} -> {args.tg_size} ({args.mode})')
 
 

@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from classification.cli import exit_with_error
 from classification.config import ConfigError, get_config, optimizer_name, scale_learning_rates, total_batch
 from classification.data import DataError, batches, build_loader, derived_seed, input_channels, seed_everything
+from classification.data.build import check_data_path
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
 from classification.models.serialization import CheckpointDownloadError
@@ -606,6 +607,7 @@ def log_setup(config, logger, rank: int, world_size: int, device: torch.device) 
 
 def run(args) -> None:
     config = get_config(args)
+    check_data_path(config, eval_only=config.EVAL_MODE or config.THROUGHPUT_MODE)
     rank, world_size, device = init_distributed(config.LOCAL_RANK)
     config = scale_learning_rates(config, world_size)
     logger = create_logger(config.OUTPUT, rank, config.MODEL.NAME)

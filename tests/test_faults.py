@@ -1,4 +1,6 @@
 """The trainer under faults: nodes without a shared file system, preemption signals, a full disk, bad input."""
+import contextlib
+import io
 import os
 import re
 import signal
@@ -286,7 +288,7 @@ def test_bad_config_values_are_one_line_errors_before_any_work(trained_folder, o
 
 def test_bad_batch_size_flag(trained_folder):
     data, cfg, root = trained_folder
-    assert 'DATA.BATCH_SIZE must be an integer >= 1, got 0' in main_error(
+    assert '--batch-size (DATA.BATCH_SIZE) must be an integer >= 1, got 0' in main_error(
         ['--cfg', cfg, '--data-path', data, '--output', str(root), '--batch-size', '0'])
 
 
@@ -351,12 +353,13 @@ def test_sixteen_bit_folder_trains_and_a_link_loop_is_an_error(tmp_path):
 
 
 def _interpolate(*args):
-    """classification/interpolate4downstream.py in this process: the message of its exit."""
+    """classification/interpolate4downstream.py in this process: its one error line."""
     from classification import interpolate4downstream
-    with pytest.raises(SystemExit) as exit_info:
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
         interpolate4downstream.main(list(args))
-    message = exit_info.value.code
-    assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message, message
+    message = stderr.getvalue()
+    assert exit_info.value.code == 1 and message.startswith('error: ') and message.count('\n') == 1, message
     return message
 
 
@@ -371,7 +374,7 @@ def test_interpolate4downstream_refuses_bad_input(tmp_path):
                tmp_path / 'resnet.pth')
     assert 'not a vHeat classification checkpoint' in _interpolate('--pt_pth', str(tmp_path / 'resnet.pth'),
                                                                    '--tg_pth', out)
-    assert '--tg_size must be at least 32' in _interpolate('--pt_pth', official, '--tg_pth', out, '--tg_size', '0')
+    assert '--tg_size must be >= 32, got 0' in _interpolate('--pt_pth', official, '--tg_pth', out, '--tg_size', '0')
     assert 'is --pt_size right?' in _interpolate('--pt_pth', official, '--pt_size', '224', '--tg_pth', out)
     assert 'cannot write checkpoint' in _interpolate('--pt_pth', official, '--pt_size', '64', '--tg_size', '128',
                                                      '--tg_pth', str(tmp_path / 'no' / 'such' / 'dir.pth'))

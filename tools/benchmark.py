@@ -16,7 +16,6 @@ On CUDA the timings use CUDA events after a synchronisation; on CPU, ``time.perf
 import argparse
 import copy
 import ctypes
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm  # noqa: E402
 
+from classification.cli import (UsageError, exit_on_errors, require_device, require_positive, save_figure,  # noqa: E402
+                                write_json)
 from classification.models import enable_cpu_streaming  # noqa: E402  (the import registers vheat_* with timm)
 from classification.models.dct import dctn  # noqa: E402
 from classification.models.flops import flop_count  # noqa: E402
@@ -312,9 +313,7 @@ def resolution_sweep(args, device) -> Dict:
         f'{lb}: time {e["time"]:.2f}' + (f' FLOPs {e["flops"]:.2f}' if e['flops'] is not None else '')
         for lb, e in exponents.items()))
     json_path = args.json or 'docs/scaling.json'
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_json(json_path, result)
     plot_sweep(result, args.plot or 'docs/scaling.png')
     print(f'wrote {json_path} and {args.plot or "docs/scaling.png"}')
     return result
@@ -373,8 +372,7 @@ def volume_sweep(args, device) -> Dict:
                   memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
                   'peak RSS increase during one call (VmHWM reset via /proc/self/clear_refs)')
     json_path = args.json or 'docs/volume_scaling.json'
-    with open(json_path, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_json(json_path, result)
     plot_volume_sweep(result, args.plot or 'docs/volume_scaling.png')
     return result
 
@@ -394,8 +392,7 @@ def _loglog_panel(ax, sides: Sequence[int], power: int, unit: str, title: str, l
 
 def _save(fig, path: str) -> None:
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_volume_sweep(result: Dict, path: str) -> None:
@@ -473,7 +470,20 @@ def main(argv=None) -> Dict:
     parser.add_argument('--quick', action='store_true',
                         help='shorter --sweep: 1 timed round, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    with exit_on_errors():
+        device = require_device(args.device)
+        for flag in ('batch_size', 'train_batch_size', 'hires_batch_size', 'rounds', 'sweep_batch', 'volume_channels'):
+            require_positive(getattr(args, flag), '--' + flag.replace('_', '-'))
+        for flag in ('img_size', 'hires_size'):
+            require_positive(getattr(args, flag), '--' + flag.replace('_', '-'), minimum=32)
+        require_positive(args.warmup, '--warmup', minimum=0)
+        require_positive(args.threads, '--threads', minimum=0)
+        if args.volume_budget <= 0:
+            raise UsageError(f'--volume-budget must be positive, got {args.volume_budget}')
+        return run(args, device)
+
+
+def run(args, device: torch.device) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compile:
@@ -498,8 +508,7 @@ def main(argv=None) -> Dict:
         results['train'] = dict(images_per_s=speeds, ratios=report(
             f'Training step (forward, backward, AdamW), batch {args.train_batch_size} at {args.img_size}', speeds))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
     return results
 
 

@@ -151,7 +151,7 @@ def plot(results: Dict[str, dict], path: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=list(MODELS), help=f'configs to compare: {", ".join(MODELS)}')
-    parser.add_argument('--budget-minutes', type=float, default=30.0, help='CPU budget per model (default 30)')
+    parser.add_argument('--budget-minutes', type=float, default=45.0, help='CPU budget per model (default 45)')
     parser.add_argument('--data-path', default='/usr/share/datasets/fashion-mnist',
                         help='the four Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist)')
     parser.add_argument('--output', default=os.path.join(ROOT, 'output', 'fashion_mnist'),

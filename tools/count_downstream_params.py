@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
 
+from classification.cli import exit_on_errors, require_file  # noqa: E402
+
 
 def build_model(cfg: Config):
     """Build the model with the registry of the library that the config is for (its custom_imports)."""
@@ -33,12 +35,19 @@ def count(module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('configs', nargs='*')
-    args = parser.parse_args()
-    configs = args.configs or sorted(glob.glob('detection/configs/vheat/*.py') +
-                                     glob.glob('segmentation/configs/vheat/*.py'))
+    args = parser.parse_args(argv)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with exit_on_errors():
+        configs = [require_file(path, 'CONFIG', 'config file') for path in args.configs] or sorted(
+            glob.glob(os.path.join(root, 'detection/configs/vheat/*.py')) +
+            glob.glob(os.path.join(root, 'segmentation/configs/vheat/*.py')))
+        count_all(configs)
+
+
+def count_all(configs) -> None:
     print(f'{"config":58s} {"backbone":>9s} {"neck":>7s} {"heads":>7s} {"total":>8s}  (M parameters)')
     for path in configs:
         model = build_model(Config.fromfile(path))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from classification.cli import UsageError, exit_on_errors, require_positive, write_json  # noqa: E402
 from classification.models import vHeat, vHeat3D  # noqa: E402
 from volumes3d import SHAPES, moving_digits, shape_volumes  # noqa: E402
 
@@ -203,15 +204,24 @@ def main(argv=None) -> Dict:
     for key, value in TASK_DEFAULTS[args.task].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    start = time.time()
-    result = dict(task=args.task, results=TASKS[args.task](args), threads=torch.get_num_threads(),
-                  train=args.train, test=args.test, wall_seconds=round(time.time() - start, 1))
-    print(json.dumps(result))
-    if args.json:
-        previous = json.load(open(args.json)) if os.path.exists(args.json) else {}
-        previous[args.task] = result
-        with open(args.json, 'w') as f:
-            json.dump(previous, f, indent=2)
+    with exit_on_errors():
+        for flag in ('train', 'test', 'epochs', 'batch', 'dims'):
+            require_positive(getattr(args, flag), f'--{flag}')
+        for flag in ('lr', 'budget'):
+            if getattr(args, flag) <= 0:
+                raise UsageError(f'--{flag} must be positive, got {getattr(args, flag)}')
+        previous = {}
+        if args.json and os.path.exists(args.json):
+            try:
+                previous = json.load(open(args.json))
+            except ValueError as e:
+                raise UsageError(f'--json: {args.json} is not a JSON file ({e})') from None
+        start = time.time()
+        result = dict(task=args.task, results=TASKS[args.task](args), threads=torch.get_num_threads(),
+                      train=args.train, test=args.test, wall_seconds=round(time.time() - start, 1))
+        print(json.dumps(result))
+        if args.json:
+            write_json(args.json, dict(previous, **{args.task: result}))
     return result
 
 

@@ -14,6 +14,8 @@ from mmengine.runner import Runner
 
 import shapes_dataset
 
+from classification.cli import UsageError, exit_on_errors
+
 BACKBONE = dict(dims=32, depths=[1, 1, 2, 1], img_size=128, drop_path_rate=0.0, init_cfg=None)
 # Narrow neck and heads (64 channels, fewer sampled RoIs): the full-width heads take several seconds an
 # iteration on 2 CPU cores and would not get through enough iterations in the budget.
@@ -38,12 +40,19 @@ class TimeBudgetHook(Hook):
             runner.train_loop.stop_training = True
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', choices=['det', 'seg'], required=True)
     parser.add_argument('--minutes', type=float, default=15., help='training time budget (evaluation not included)')
     parser.add_argument('--work-dir', default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    with exit_on_errors():
+        if args.minutes <= 0:
+            raise UsageError(f'--minutes must be positive, got {args.minutes}')
+    run(args)
+
+
+def run(args) -> None:
     work_dir = os.path.abspath(args.work_dir or f'work_dirs/learning_check_{args.task}')
     os.makedirs(work_dir, exist_ok=True)
     data_root = os.path.join(work_dir, 'data')

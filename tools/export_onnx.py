@@ -18,7 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm  # noqa: E402
 
+from classification.cli import (UsageError, exit_on_errors, require_file, require_model,  # noqa: E402
+                                require_positive)
 from classification.models import enable_cpu_streaming, load_checkpoint  # noqa: E402
+from classification.utils import commit_file  # noqa: E402
 from benchmark import interleaved  # noqa: E402
 
 
@@ -29,7 +32,7 @@ def parse_model_args(pairs):
     for pair in pairs or []:
         key, _, value = pair.partition('=')
         if not key or not value:
-            raise SystemExit(f'error: --model-args takes key=value, got {pair!r}')
+            raise UsageError(f'--model-args takes key=value, got {pair!r}')
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -40,19 +43,26 @@ def parse_model_args(pairs):
 
 
 def build(args) -> torch.nn.Module:
-    model = timm.create_model(args.model, img_size=args.img_size, **parse_model_args(args.model_args))
+    try:
+        model = timm.create_model(args.model, img_size=args.img_size, **parse_model_args(args.model_args))
+    except TypeError as e:
+        raise UsageError(f'--model-args: {e}') from None
     if args.checkpoint:
+        from classification.utils import load_weights
         checkpoint = load_checkpoint(args.checkpoint)
-        model.load_state_dict(checkpoint.get('model', checkpoint), strict=True)
+        load_weights(model, checkpoint.get('model', checkpoint), args.checkpoint)
     model.eval()
     model.infer_init()
     return model
 
 
 def export(model: torch.nn.Module, img_size: int, path: str) -> None:
+    """The ONNX file, written under a temporary name and renamed when complete."""
     example = torch.randn(2, 3, img_size, img_size)
-    torch.onnx.export(model, (example,), path, dynamo=True, input_names=['image'], output_names=['logits'],
+    tmp = path + '.tmp'
+    torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=['image'], output_names=['logits'],
                       dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, external_data=False)
+    commit_file(tmp, path)
 
 
 def main(argv=None) -> None:
@@ -68,6 +78,21 @@ def main(argv=None) -> None:
     parser.add_argument('--batch', type=int, default=16, help='--benchmark batch')
     parser.add_argument('--rounds', type=int, default=7)
     args = parser.parse_args(argv)
+    with exit_on_errors():
+        require_model(args.model)
+        if args.checkpoint:
+            require_file(args.checkpoint, '--checkpoint', 'checkpoint')
+        require_positive(args.img_size, '--img-size', minimum=32)
+        for flag in ('check_batch', 'batch', 'rounds'):
+            require_positive(getattr(args, flag), '--' + flag.replace('_', '-'))
+        if args.atol <= 0:
+            raise UsageError(f'--atol must be positive, got {args.atol}')
+        if not args.out.endswith('.onnx'):
+            raise UsageError(f'--out must name a .onnx file, got {args.out}')
+        run(args)
+
+
+def run(args) -> None:
     import onnxruntime
 
     model = build(args)
@@ -80,7 +105,7 @@ def main(argv=None) -> None:
         diff = (torch.from_numpy(session.run(None, {'image': x.numpy()})[0]) - model(x)).abs().max().item()
     print(f'onnxruntime vs PyTorch: max |diff| {diff:.2e} (batch {args.check_batch})')
     if diff > args.atol:
-        raise SystemExit(f'error: onnxruntime differs from PyTorch by {diff:.2e} > {args.atol}')
+        raise UsageError(f'--atol: onnxruntime differs from PyTorch by {diff:.2e} > {args.atol}')
     if args.benchmark:
         x = torch.randn(args.batch, 3, args.img_size, args.img_size)
         streaming = enable_cpu_streaming(build(args))

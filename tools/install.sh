@@ -7,6 +7,8 @@
 # and kept in a wheel cache ($VHEAT_WHEEL_CACHE, default ~/.cache/vheat/wheels): later installs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/common.sh
+[ $# -eq 0 ] || [ "$*" = "--core" ] || die "unknown arguments: $* (tools/install.sh [--core])"
 venv=${VHEAT_VENV:-.venv}
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 py="$venv/bin/python"

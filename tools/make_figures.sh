@@ -4,6 +4,8 @@
 # Pass --full for the full sweep (7 timed rounds, every model at every size) instead of --quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/common.sh
+[ $# -eq 0 ] || [ "$*" = "--full" ] || die "unknown arguments: $* (tools/make_figures.sh [--full])"
 PY=${PYTHON:-.venv/bin/python}
 SWEEP=--quick
 if [[ "${1:-}" == "--full" ]]; then SWEEP=; fi

@@ -10,7 +10,7 @@ import os
 
 from mm_runner import StrictRunner, add_common_args, allow_runner_checkpoints, load_config, run_or_exit
 
-from classification.cli import UsageError
+from classification.cli import UsageError, exit_on_errors, require_file
 
 
 def parse_args(argv=None):
@@ -55,6 +55,9 @@ def dump_metric(cfg, out: str):
 
 def main(argv=None):
     args, parser = parse_args(argv)
+    with exit_on_errors():
+        require_file(args.config, 'CONFIG', 'config file')
+        require_file(args.checkpoint, 'CHECKPOINT', 'checkpoint')
     allow_runner_checkpoints()
 
     def test():

@@ -11,7 +11,7 @@ import argparse
 import torch
 from mm_runner import StrictRunner, add_common_args, allow_runner_checkpoints, load_config, run_or_exit
 
-from classification.cli import UsageError
+from classification.cli import UsageError, exit_on_errors, require_file
 
 
 def parse_args(argv=None):
@@ -46,6 +46,10 @@ def apply_args(cfg, args) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    with exit_on_errors():
+        require_file(args.config, 'CONFIG', 'config file')
+        if args.resume not in (None, 'auto'):
+            require_file(args.resume, '--resume', 'checkpoint')
     allow_runner_checkpoints()
 
     def train():

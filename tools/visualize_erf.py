@@ -22,6 +22,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classification.models  # noqa: E402,F401  (registers vheat_* with timm)
+from classification.cli import (exit_on_errors, require_choice, require_file, require_positive,  # noqa: E402
+                                write_output)
 from tools.visualize_heat import DEFAULT_IMAGE, load_image  # noqa: E402
 
 MODELS = {'vheat_tiny': 'vHeat-T', 'swin_tiny_patch4_window7_224': 'Swin-T', 'convnext_tiny': 'ConvNeXt-T'}
@@ -86,12 +88,13 @@ def render(erfs: Dict[str, Dict[int, torch.Tensor]], path: str, title: str) -> N
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, dpi=90)
     plt.close(fig)
     # 256-colour palette: the gradient noise makes a full-colour PNG several times larger for no visible gain
-    Image.open(buf).convert('RGB').quantize(256).save(path, optimize=True)
+    png = io.BytesIO()
+    Image.open(buf).convert('RGB').quantize(256).save(png, format='png', optimize=True)
+    write_output(path, png.getvalue())
 
 
 def main(argv: Sequence[str] = None) -> None:
@@ -104,7 +107,19 @@ def main(argv: Sequence[str] = None) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of the random initialisation and crops')
     parser.add_argument('--out', default='docs/erf.png')
     args = parser.parse_args(argv)
-    checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
+    with exit_on_errors():
+        require_file(args.image, '--image', 'image')
+        require_positive(args.images, '--images')
+        require_positive(args.size, '--size', minimum=32)
+        checkpoints = {}
+        for item in args.checkpoint:
+            name, _, path = item.partition('=')
+            require_choice(name, '--checkpoint MODEL=PATH', MODELS)
+            checkpoints[name] = require_file(path, f'--checkpoint {name}=PATH', 'checkpoint')
+        run(args, checkpoints)
+
+
+def run(args, checkpoints: Dict[str, str]) -> None:
     images = crops(load_image(args.image), args.images, args.size, args.seed)
     erfs = {}
     for name, label in MODELS.items():

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from classification.cli import UsageError, exit_on_errors, require_file, save_figure  # noqa: E402
 from classification.models.dct import frequency_distance, heat_conduction  # noqa: E402
 
 DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets', 'sample.jpg')
@@ -74,8 +74,7 @@ def render_volume(kts: Sequence[float], path: str, impl: str = 'matmul', size: i
     fig.suptitle('3-D heat conduction u = IDCT3D(DCT3D(x) · exp(-k·t·(ω_d² + ω_h² + ω_w²))), slices of a '
                  f'{size}³ volume (square-root colour scale per row)', fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -99,14 +98,14 @@ def render(image: torch.Tensor, kts: Sequence[float], path: str, impl: str = 'ma
     axes[1, 0].set_ylabel('point source', fontsize=8)
     fig.suptitle('Heat conduction u = IDCT2D(DCT2D(x) · exp(-k·t·(ω_n² + ω_m²))), Neumann boundaries', fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
 def load_image(path: str) -> torch.Tensor:
     """An RGB image as a float64 (H, W, 3) tensor in [0, 1]."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert('RGB'), dtype=np.float64) / 255.0)
+    from classification.data import load_image as load_rgb
+    return torch.from_numpy(np.asarray(load_rgb(path), dtype=np.float64) / 255.0)
 
 
 def main(argv=None) -> None:
@@ -117,6 +116,15 @@ def main(argv=None) -> None:
     parser.add_argument('--dct-impl', default='matmul', choices=['matmul', 'fft'])
     parser.add_argument('--out')
     args = parser.parse_args(argv)
+    with exit_on_errors():
+        if not args.volume:
+            require_file(args.image, '--image', 'image')
+        if args.kt and min(args.kt) < 0:
+            raise UsageError(f'--kt: k*t must be >= 0 (no diffusion at 0), got {min(args.kt)}')
+        run(args)
+
+
+def run(args) -> None:
     if args.volume:
         out = args.out or 'docs/heat_conduction_3d.png'
         render_volume(args.kt or [0, 4, 16, 64], out, args.dct_impl)

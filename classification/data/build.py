@@ -84,6 +84,26 @@ def build_dataset(config, split: str, is_training: bool, rank: int = 0, world_si
         raise DataError(f'{root}: {e}') from None
 
 
+def check_data_path(config, eval_only: bool) -> None:
+    """That the data are where the config says, before the run writes anything: the split folders, the zip files
+    and their maps, or a standard data set's files (a DataError naming what is missing)."""
+    path = config.DATA.DATA_PATH
+    splits = ('val',) if eval_only else ('train', 'val')
+    if config.DATA.DATASET != 'imagenet':
+        from .standard import HOW_TO_GET
+        if not path or not os.path.isdir(path):
+            raise DataError(f'{config.DATA.DATASET}: data folder not found: '
+                            f'{path or "(DATA.DATA_PATH is empty; pass --data-path)"}; {HOW_TO_GET[config.DATA.DATASET]}')
+        return
+    for split in splits:
+        wanted = [f'{split}.zip', f'{split}_map.txt'] if config.DATA.ZIP_MODE else [split]
+        for name in wanted:
+            full = os.path.join(path, name)
+            if not path or not os.path.exists(full):
+                what = 'zip data' if config.DATA.ZIP_MODE else 'data folder'
+                raise DataError(f'{what} not found: {full if path else "(DATA.DATA_PATH is empty; pass --data-path)"}')
+
+
 def normalization(config) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """ImageNet's mean and std; for one input channel their means (as timm adapts a 3-channel config)."""
     if input_channels(config) == 1:

@@ -6,11 +6,16 @@ Images are upscaled to 32x32 RGB PNGs (nearest neighbour), one folder per digit.
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from classification.cli import exit_on_errors, require_positive  # noqa: E402
 
 
 def write_digits(root: str, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> None:
@@ -28,9 +33,15 @@ def write_digits(root: str, size: int = 32, val_fraction: float = 0.2, seed: int
     print(f'wrote {len(train_idx)} train and {len(val_idx)} val images to {root}')
 
 
-if __name__ == '__main__':
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('root')
     parser.add_argument('--size', type=int, default=32)
-    args = parser.parse_args()
-    write_digits(args.root, args.size)
+    args = parser.parse_args(argv)
+    with exit_on_errors():
+        require_positive(args.size, '--size', minimum=8)  # the digits are 8x8
+        write_digits(args.root, args.size)
+
+
+if __name__ == '__main__':
+    main()
