@@ -54,7 +54,8 @@ CASES = [
     # tools/folder_to_zip.py
     ('tools/folder_to_zip.py', ['/nonexistent/imagenet', '/tmp/zipped'], '/nonexistent/imagenet/train'),
     # tools/image_demo.py
-    ('tools/image_demo.py', ['/nonexistent/photo.jpg', DET_CONFIG, OFFICIAL, '--out-dir', 'o'], '/nonexistent/photo.jpg'),
+    ('tools/image_demo.py', ['/nonexistent/photo.jpg', DET_CONFIG, OFFICIAL, '--out-dir', 'o'],
+     '/nonexistent/photo.jpg'),
     ('tools/image_demo.py', [IMAGE, '/nonexistent/config.py', OFFICIAL, '--out-dir', 'o'], '/nonexistent/config.py'),
     ('tools/image_demo.py', [IMAGE, DET_CONFIG, MISSING, '--out-dir', 'o'], MISSING),
     ('tools/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--device', 'gpu0'], '--device'),

@@ -68,9 +68,9 @@ def test_predict_on_fashion_pictures_agrees_with_the_trainer(trained_vheat, tmp_
 
     (tmp_path / 'pictures' / 'val' / '3' / 'broken.png').write_bytes(b'not a picture')
     out = tmp_path / 'predictions.json'
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'), str(tmp_path / 'pictures' / 'val'),
-                             '--checkpoint', str(checkpoint), '--out', str(out)], cwd=ROOT, env=env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'),
+                             str(tmp_path / 'pictures' / 'val'), '--checkpoint', str(checkpoint), '--out', str(out)],
+                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1  # one picture could not be read
     assert result.stderr.count('error: ') == 1 and 'broken.png' in result.stderr and 'Traceback' not in result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]

@@ -275,7 +275,7 @@ def trained_folder(tmp_path_factory):
     (['PRINT_FREQ', '0'], 'PRINT_FREQ must be an integer >= 1, got 0'),
     (['MODEL.VHEAT.DEPTHS', '[]'], 'MODEL.VHEAT.DEPTHS must be a non-empty list'),
     (['MODEL.VHEAT.DCT_IMPL', 'auto'], "MODEL.VHEAT.DCT_IMPL must be one of 'matmul', 'fft', got 'auto'"),
-    (['TRAIN.OPTIMIZER.NAME', 'adamx'], "TRAIN.OPTIMIZER.NAME must be 'adamw', 'sgd', 'fused_adam', 'fused_lamb' or a timm"),
+    (['TRAIN.OPTIMIZER.NAME', 'adamx'], "TRAIN.OPTIMIZER.NAME must be 'adamw', 'sgd', 'fused_adam', 'fused_lamb'"),
     (['DATA.INTERPOLATION', 'cubic'], "DATA.INTERPOLATION must be 'random' or a PIL filter name"),
     (['TRAIN.ACCUMULATION_STEPS', '5'], 'TRAIN.ACCUMULATION_STEPS 5 is more than the 3 batches of an epoch'),
 ])

@@ -114,7 +114,8 @@ def write_results(path: str, results, topk: int) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('image', help='an image file or a folder of images')
-    parser.add_argument('--model', help='a timm model name, e.g. vheat_tiny (not needed for our trainer\'s checkpoints)')
+    parser.add_argument('--model', help='a timm model name, e.g. vheat_tiny (not needed with a checkpoint of this '
+                        'project\'s trainer)')
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--checkpoint', help='weights: our trainer\'s checkpoint, or an official one')
     source.add_argument('--pretrained', action='store_true', help='the release weights (torch hub cache)')

@@ -92,8 +92,8 @@ def check_data_path(config, eval_only: bool) -> None:
     if config.DATA.DATASET != 'imagenet':
         from .standard import HOW_TO_GET
         if not path or not os.path.isdir(path):
-            raise DataError(f'{config.DATA.DATASET}: data folder not found: '
-                            f'{path or "(DATA.DATA_PATH is empty; pass --data-path)"}; {HOW_TO_GET[config.DATA.DATASET]}')
+            where = path or '(DATA.DATA_PATH is empty; pass --data-path)'
+            raise DataError(f'{config.DATA.DATASET}: data folder not found: {where}; {HOW_TO_GET[config.DATA.DATASET]}')
         return
     for split in splits:
         wanted = [f'{split}.zip', f'{split}_map.txt'] if config.DATA.ZIP_MODE else [split]
