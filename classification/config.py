@@ -330,8 +330,8 @@ def validate(config: CN) -> None:
     if optimizer_name(config.TRAIN.OPTIMIZER.NAME).startswith('fused'):
         import importlib.util
         if importlib.util.find_spec('apex') is None:
-            raise ConfigError(f'TRAIN.OPTIMIZER.NAME {config.TRAIN.OPTIMIZER.NAME!r} (--optim) needs NVIDIA apex, '
-                              "which is not installed; use 'adamw'")
+            raise ConfigError(f'TRAIN.OPTIMIZER.NAME {config.TRAIN.OPTIMIZER.NAME!r} needs NVIDIA apex, which is not '
+                              "installed; use 'adamw'")
     _require(config, 'TRAIN.OPTIMIZER.NAME', "'adamw', 'sgd', 'fused_adam', 'fused_lamb' or a timm optimizer name "
              "(timm.optim.list_optimizers())", lambda v: optimizer_name(v) in list_optimizers())
     _choice(config, 'TRAIN.LR_SCHEDULER.NAME', SCHEDULERS)

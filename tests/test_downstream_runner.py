@@ -142,7 +142,7 @@ def test_upernet_official_and_own_checkpoints_test_alike_with_and_without_tta(se
                str(tmp_path / 'ours.pkl'))
     one = _run('dist_test.sh', segmentation_config, official, '1', '--work-dir', str(tmp_path / 'b'), '--out',
                str(tmp_path / 'official.pkl'), '--show-dir', str(tmp_path / 'painted'))
-    tta = _run('dist_test.sh', segmentation_config, ours, '2', '--tta', '--work-dir', str(tmp_path / 'c'))
+    tta = _run('dist_test.sh', segmentation_config, ours, '1', '--tta', '--work-dir', str(tmp_path / 'c'))
     assert not _TTA_MODEL.search(one.stdout) and _TTA_MODEL.search(tta.stdout)
     assert _metrics(one, 'mIoU') == _metrics(two, 'mIoU')
     _metrics(tta, 'mIoU')

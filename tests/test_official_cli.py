@@ -107,7 +107,7 @@ def test_every_official_flag_is_accepted_with_its_meaning(tmp_path):
 
 def test_fused_optimizers_without_apex_and_unknown_schedules_are_one_line_errors(tmp_path):
     cfg = _config(tmp_path)
-    main_error(['--cfg', cfg, '--optim', 'fused_lamb'], "TRAIN.OPTIMIZER.NAME 'fused_lamb'", 'needs NVIDIA apex')
+    main_error(['--cfg', cfg, '--optim', 'fused_lamb'], "--optim (TRAIN.OPTIMIZER.NAME) 'fused_lamb' needs NVIDIA apex")
     main_error(['--cfg', cfg, '--opts', 'TRAIN.LR_SCHEDULER.NAME', 'exponential'], 'TRAIN.LR_SCHEDULER.NAME')
     main_error(['--cfg', cfg, '--opts', 'TRAIN.LR_SCHEDULER.NAME', 'multistep'], 'TRAIN.LR_SCHEDULER.MULTISTEPS')
 

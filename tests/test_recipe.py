@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps
 
 from conftest import FIXTURES, ROOT
-from test_trainer import MAIN, env, free_port, make_folder, run_main
+from test_trainer import MAIN, env, free_port, main_ok, make_folder, run_main
 
 CONFIGS = os.path.join(ROOT, 'classification', 'configs', 'vHeat')
 OFFICIAL = os.path.join(FIXTURES, 'official_vheat_mini.pth')
@@ -88,17 +88,16 @@ def test_recipe_resolves_to_the_official_run(name, drop_path, processes, accumul
 
 def test_eval_run_saves_and_logs_the_effective_rates(tmp_path):
     data = make_folder(tmp_path / 'data', [str(i) for i in range(10)], 1, 1, size=64)
-    result = run_main('--cfg', os.path.join(CONFIGS, 'vHeat_tiny_224.yaml'), '--data-path', data,
-                      '--output', str(tmp_path), '--batch-size', '8', '--eval', '--resume', OFFICIAL,
-                      '--opts', 'MODEL.NUM_CLASSES', '10', 'MODEL.VHEAT.EMBED_DIM', '16',
-                      'MODEL.VHEAT.DEPTHS', '[1,1,2,1]', 'DATA.IMG_SIZE', '64', 'DATA.NUM_WORKERS', '0')
-    assert result.returncode == 0, result.stderr[-3000:]
+    printed = main_ok(['--cfg', os.path.join(CONFIGS, 'vHeat_tiny_224.yaml'), '--data-path', data,
+                       '--output', str(tmp_path), '--batch-size', '8', '--eval', '--resume', OFFICIAL,
+                       '--opts', 'MODEL.NUM_CLASSES', '10', 'MODEL.VHEAT.EMBED_DIM', '16',
+                       'MODEL.VHEAT.DEPTHS', '[1,1,2,1]', 'DATA.IMG_SIZE', '64', 'DATA.NUM_WORKERS', '0'])
     saved = (tmp_path / 'vHeat_tiny_224' / 'default' / 'config.yaml').read_text()
     base_lr = float(re.search(r'\n  BASE_LR: (\S+)', saved).group(1))
     warmup_lr = float(re.search(r'\n  WARMUP_LR: (\S+)', saved).group(1))
     assert base_lr == pytest.approx(5e-4 * 8 / 512) and warmup_lr == pytest.approx(5e-7 * 8 / 512)
-    assert 'total batch 8 = 8 per process x 1 processes x 1 accumulation steps' in result.stdout
-    assert f'BASE_LR {5e-4 * 8 / 512:.6g}' in result.stdout
+    assert 'total batch 8 = 8 per process x 1 processes x 1 accumulation steps' in printed
+    assert f'BASE_LR {5e-4 * 8 / 512:.6g}' in printed
 
 
 def test_one_epoch_of_the_unmodified_tiny_recipe(tmp_path):
@@ -127,12 +126,16 @@ def test_one_epoch_of_the_unmodified_tiny_recipe(tmp_path):
 
 
 def _eval_log(data, config, tmp_path, tag, processes):
-    launcher = () if processes == 1 else ('-m', 'torch.distributed.run', f'--nproc_per_node={processes}',
-                                          '--master_addr=127.0.0.1', f'--master_port={free_port()}')
-    result = run_main('--cfg', str(config), '--data-path', data, '--output', str(tmp_path), '--tag', tag, '--eval',
-                      '--resume', OFFICIAL, '--model_ema', 'False', launcher=launcher)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return re.search(r'\* model: (Acc@1 \S+ Acc@5 \S+ loss \S+ \(\d+ images\))', result.stdout).group(1)
+    argv = ['--cfg', str(config), '--data-path', data, '--output', str(tmp_path), '--tag', tag, '--eval',
+            '--resume', OFFICIAL, '--model_ema', 'False']
+    if processes == 1:
+        printed = main_ok(argv)
+    else:
+        result = run_main(*argv, launcher=('-m', 'torch.distributed.run', f'--nproc_per_node={processes}',
+                                           '--master_addr=127.0.0.1', f'--master_port={free_port()}'))
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed = result.stdout
+    return re.search(r'\* model: (Acc@1 \S+ Acc@5 \S+ loss \S+ \(\d+ images\))', printed).group(1)
 
 
 def test_evaluation_counts_each_image_once_with_any_number_of_processes(tmp_path):

@@ -88,6 +88,15 @@ def assert_one_line_error(result, *fragments):
     return _error_line(result.stderr, fragments)
 
 
+def main_ok(argv) -> str:
+    """main() in this process for a run that must succeed (no interpreter start-up); what it printed."""
+    import classification.main as trainer
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        trainer.main(argv)
+    return printed.getvalue()
+
+
 def main_error(argv, *fragments):
     """main() in this process (no interpreter start-up per case): exit status 1 and one ``error: ...`` line on
     stderr, which it returns. That nothing else reaches a terminal's stderr is checked in subprocesses."""
@@ -113,15 +122,14 @@ def tiny_cfg(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def trained(tiny_data, tiny_cfg, tmp_path_factory):
-    """One single-process training run of two epochs; its output folder."""
+    """One single-process training run of two epochs; its output folder and what it printed."""
     output = tmp_path_factory.mktemp('single')
-    result = run_main('--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(output))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return os.path.join(output, 'tiny', 'default'), result
+    printed = main_ok(['--cfg', tiny_cfg, '--data-path', tiny_data, '--output', str(output)])
+    return os.path.join(output, 'tiny', 'default'), printed
 
 
 def test_single_process_training_writes_plain_checkpoints_and_logs(trained):
-    out_dir, result = trained
+    out_dir, log = trained
     for name in ('ckpt_epoch_0.pth', 'ckpt_epoch_1.pth', 'ckpt_latest.pth', 'ckpt_best.pth'):
         assert os.path.isfile(os.path.join(out_dir, name)), name
     assert not [f for f in os.listdir(out_dir) if f.endswith('.tmp')]
@@ -129,7 +137,6 @@ def test_single_process_training_writes_plain_checkpoints_and_logs(trained):
     assert checkpoint['epoch'] == 1 and isinstance(checkpoint['config'], str)
     assert 'EMBED_DIM: 8' in checkpoint['config']
     assert set(checkpoint) >= {'model', 'model_ema', 'optimizer', 'lr_scheduler', 'max_accuracy'}
-    log = result.stdout
     for fragment in ('number of params', 'number of GFLOPs', 'eta ', 'lr ', 'loss ', '* model: Acc@1',
                      '* model_ema: Acc@1', 'EMA accuracy'):
         assert fragment in log, fragment
