@@ -429,27 +429,30 @@ class Trainer:
     def validate(self, model: torch.nn.Module, name: str = 'model') -> Tuple[float, float, float]:
         """Top-1/top-5 accuracy (%) and loss on the val split. Each process evaluates its own shard (every image
         on exactly one process, see ``ShardSampler``) and the sums are all-reduced once: the result and the image
-        count do not depend on the number of processes."""
+        count do not depend on the number of processes. The images go where the model is (the EMA may be kept on
+        the CPU, ``--model_ema_force_cpu``)."""
         model.eval()
         topk = (1, min(5, self.config.MODEL.NUM_CLASSES))
-        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, top1, top5, count
+        device = next(model.parameters()).device
+        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, count
         start, loader = time.time(), self.loader_val
         with batches(loader) as stream:
             for idx, (images, targets) in enumerate(stream):
-                images = images.to(self.device, non_blocking=True)
-                targets = targets.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                images = images.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp and device.type == 'cuda'):
                     output = model(images).float()
                 correct = output.topk(topk[1], dim=1).indices.eq(targets[:, None])
                 totals += torch.stack([
                     torch.nn.functional.cross_entropy(output, targets, reduction='sum').double(),
                     correct[:, :1].sum().double(), correct.sum().double(),
-                    torch.tensor(float(targets.numel()), dtype=torch.float64, device=self.device)])
+                    torch.tensor(float(targets.numel()), dtype=torch.float64, device=device)])
                 if idx % self.config.PRINT_FREQ == 0 and idx > 0:
                     per_batch = (time.time() - start) / (idx + 1)
                     self.logger.info(f'Test ({name}): [{idx}/{len(loader)}]\teta '
                                      f'{format_eta(per_batch * (len(loader) - idx - 1))}')
-        if dist.is_initialized():
+        if dist.is_initialized():  # the process group's device (gloo takes CPU tensors, nccl CUDA ones)
+            totals = totals.to(self.device)
             dist.all_reduce(totals)
         loss, acc1, acc5 = (totals[:3] / totals[3].clamp(min=1)).tolist()
         acc1, acc5 = acc1 * 100, acc5 * 100

@@ -189,19 +189,8 @@ def sized_model(name: str, kwargs: Dict, img_size: int) -> torch.nn.Module:
 
 
 def counted_flops(model: torch.nn.Module, img_size: int) -> float:
-    """GFLOPs by ``flop_count``, with timm's fused attention switched to its explicit matmuls while counting.
-
-    fvcore has no handle for ``scaled_dot_product_attention`` and would drop the O(tokens^2) attention of
-    DeiT-S and Swin-T; ``q @ k.T`` and ``attn @ v`` are counted by the matmul handle.
-    """
-    fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
-    for m in fused:
-        m.fused_attn = False
-    try:
-        return flop_count(model, (1, 3, img_size, img_size)) / 1e9
-    finally:
-        for m in fused:
-            m.fused_attn = True
+    """GFLOPs by ``flop_count`` (which counts timm's fused attention as its explicit matmuls)."""
+    return flop_count(model, (1, 3, img_size, img_size)) / 1e9
 
 
 def _malloc_returns_large_blocks() -> None:

@@ -19,17 +19,27 @@ def _matmul_flop(inputs, outputs) -> int:
 
 
 def flop_count(model: torch.nn.Module, input_shape: Tuple[int, ...] = (1, 3, 224, 224)) -> int:
-    """fvcore's FLOP count (multiply-adds) of one forward pass on a zero input of ``input_shape``."""
+    """fvcore's FLOP count (multiply-adds) of one forward pass on a zero input of ``input_shape``.
+
+    timm's fused attention is switched to its explicit matmuls while counting: fvcore has no handle for
+    ``scaled_dot_product_attention`` and would drop the attention of DeiT and Swin (``q @ k.T`` and ``attn @ v``
+    are counted by the matmul handle).
+    """
     param = next(model.parameters())
     x = torch.zeros(input_shape, device=param.device, dtype=param.dtype)
     analysis = FlopCountAnalysis(model, x).set_op_handle('aten::matmul', _matmul_flop)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     was_training = model.training
+    fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
+    for m in fused:
+        m.fused_attn = False
     model.eval()
     try:
         return int(analysis.total())
     finally:
         model.train(was_training)
+        for m in fused:
+            m.fused_attn = True
 
 
 def param_count(model: torch.nn.Module) -> int:
