@@ -216,3 +216,25 @@ def test_interpolate4downstream(tmp_path, mode, official_checkpoint):
     from classification.models.backbone import vHeatBackbone
     result = vHeatBackbone(**dict(MINI, img_size=128)).load_pretrained(str(out))
     assert result.unexpected_keys == [] and all(k.startswith('out_norms') for k in result.missing_keys)
+
+
+def test_train_flags_have_mmdets_meanings():
+    """tools/train.py: --resume alone (the work dir's last checkpoint) and with a path, --auto-scale-lr; --amp
+    without CUDA is one line saying it needs a GPU."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import train
+    from mmengine.config import Config
+    from classification.cli import UsageError
+    cfg = Config.fromfile(os.path.join(ROOT, 'detection', 'configs', 'vheat', 'mask_rcnn_fpn_coco_tiny.py'))
+    train.apply_args(cfg, train.parse_args(['x.py', '--resume', '--auto-scale-lr']))
+    assert (cfg.resume, cfg.load_from, cfg.auto_scale_lr.enable, cfg.auto_scale_lr.base_batch_size) == \
+        (True, None, True, 16)
+    train.apply_args(cfg, train.parse_args(['x.py', '--resume', 'epoch_12.pth']))
+    assert (cfg.resume, cfg.load_from) == (True, 'epoch_12.pth')
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match='--amp: .* needs a CUDA GPU'):
+            train.apply_args(cfg, train.parse_args(['x.py', '--amp']))
+    segmentation = Config.fromfile(os.path.join(ROOT, 'segmentation', 'configs', 'vheat',
+                                                'upernet_vheat_160k_ade20k_512x512_tiny.py'))
+    with pytest.raises(UsageError, match='--auto-scale-lr: .* sets no auto_scale_lr.base_batch_size'):
+        train.apply_args(segmentation, train.parse_args(['x.py', '--auto-scale-lr']))

@@ -235,6 +235,10 @@ def test_pretrained_into_another_number_of_classes_from_a_file_and_a_url(tmp_pat
         assert weights['head.fc.weight'].shape == (3, 64)
         assert all((weights[k] - v).abs().max() <= 1e-6 for k, v in source.items() if not k.startswith('head.fc.'))
         assert 're-initialised for 3 classes' in (out_dir / 'log_rank0.txt').read_text()
+    # a URL not in the cache, offline: one line naming the URL and where to put the file
+    main_error(['--pretrained', 'https://example.org/releases/other.pth', '--output', str(tmp_path / 'o'), *common],
+               'cannot download https://example.org/releases/other.pth',
+               f'put the file at {cache}/other.pth')
 
 
 def _official_training_state(model, epoch):
