@@ -82,3 +82,28 @@ def test_predict_on_fashion_pictures_agrees_with_the_trainer(trained_vheat, tmp_
                   for p in predictions)
     assert 100.0 * correct / 60 == pytest.approx(evaluated, abs=1e-6)
     assert all(len(p['top']) == 5 and p['top'][0]['probability'] >= p['top'][1]['probability'] for p in predictions)
+
+
+def test_a_stopped_comparison_resumes_with_the_models_it_had_not_finished(tmp_path):
+    """tools/compare_real.py takes a finished model's kept result instead of training it again, and only while
+    its budget, config and recipe are the ones it was trained with."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import compare_real
+    results = {}
+    for name, top1 in (('vheat', 91.5), ('resnet', 90.25)):
+        curve = [{'epoch': 1, 'time_s': 60.0, 'top1': top1 - 1, 'top1_ema': top1 - 2},
+                 {'epoch': 2, 'time_s': 120.0, 'top1': top1, 'top1_ema': top1 - 1}]
+        results[name] = {'params': 3e6, 'flops': 1e7, 'epochs': 2, 'top1': top1, 'top1_ema': top1 - 1,
+                         'wall_time_s': 120.0, 'curve': curve}
+        compare_real.keep_result(str(tmp_path / name / 'comparison.json'), results[name], 600.0,
+                                 os.path.join(CONFIGS, f'{name}.yaml'))
+    report, picture = tmp_path / 'report.json', tmp_path / 'report.png'
+    compare_real.main(['--models', 'vheat', 'resnet', '--budget-minutes', '10', '--data-path', FASHION,
+                       '--output', str(tmp_path), '--json', str(report), '--plot', str(picture)])
+    assert json.loads(report.read_text())['models'] == results
+    assert picture.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    kept = str(tmp_path / 'vheat' / 'comparison.json')
+    vheat_config = os.path.join(CONFIGS, 'vheat.yaml')
+    assert compare_real.finished_result(kept, 600.0, vheat_config) == results['vheat']
+    assert compare_real.finished_result(kept, 900.0, vheat_config) is None  # another budget: trained again
+    assert compare_real.finished_result(kept, 600.0, os.path.join(CONFIGS, 'swin.yaml')) is None  # another config

@@ -10,6 +10,10 @@ them within ``--budget-minutes`` (timed on a short calibration run first) trains
 whole schedule compressed into them. A line per epoch reports progress. Writes ``--json`` (per model: params,
 FLOPs, epochs, wall time, final and best top-1 of the model and of its EMA, the test-accuracy curve) and ``--plot``
 (test accuracy against epochs and against time), each written whole or not at all.
+
+Each finished model's result is also kept as ``<output>/<model>/comparison.json``; a comparison that was
+stopped resumes with the next model, taking a finished one's result from there when its budget, its config and the
+recipe are unchanged (``--retrain`` trains them all again).
 """
 import argparse
 import json
@@ -122,6 +126,32 @@ def run_model(name: str, budget_s: float, output: str, data_path: str) -> dict:
             'curve': curve}
 
 
+def finished_result(path: str, budget_s: float, config_path: str):
+    """The result kept at ``path`` by an earlier comparison, if it was trained with this budget and config."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        kept = json.load(f)
+    if kept.get('budget_s') != budget_s or kept.get('configs') != config_texts(config_path):
+        return None
+    return kept['result']
+
+
+def config_texts(config_path: str) -> Dict[str, str]:
+    """The text of the model's config and of the recipe it inherits, what a kept result was trained with."""
+    texts = {}
+    for path in (config_path, os.path.join(CONFIGS, 'base.yaml')):
+        with open(path) as f:
+            texts[os.path.basename(path)] = f.read()
+    return texts
+
+
+def keep_result(path: str, result: dict, budget_s: float, config_path: str) -> None:
+    kept = {'budget_s': budget_s, 'configs': config_texts(config_path), 'result': result}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_durably(path, (json.dumps(kept, indent=1) + '\n').encode(), 'file')
+
+
 def plot(results: Dict[str, dict], path: str) -> None:
     import io
     import matplotlib
@@ -156,6 +186,8 @@ def main(argv=None) -> None:
                         help='the four Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist)')
     parser.add_argument('--output', default=os.path.join(ROOT, 'output', 'fashion_mnist'),
                         help='where each model\'s trainer output goes')
+    parser.add_argument('--retrain', action='store_true',
+                        help='train every model again, even one an earlier comparison finished')
     parser.add_argument('--json', default=os.path.join(ROOT, 'docs', 'fashion_mnist.json'))
     parser.add_argument('--plot', default=os.path.join(ROOT, 'docs', 'fashion_mnist.png'))
     args = parser.parse_args(argv)
@@ -167,13 +199,20 @@ def main(argv=None) -> None:
         from classification.data.standard import standard_dataset
         standard_dataset('fashion_mnist', args.data_path, 'val')  # the files are there and readable
         results = {}
+        budget_s = args.budget_minutes * 60
         for name in args.models:
-            try:
-                results[name] = run_model(name, args.budget_minutes * 60, os.path.join(args.output, name),
-                                          args.data_path)
-            except RuntimeError as e:
-                raise UsageError(str(e)) from None
-            r = results[name]
+            config_path = os.path.join(CONFIGS, f'{name}.yaml')
+            kept = os.path.join(args.output, name, 'comparison.json')
+            result = None if args.retrain else finished_result(kept, budget_s, config_path)
+            if result is None:
+                try:
+                    result = run_model(name, budget_s, os.path.join(args.output, name), args.data_path)
+                except RuntimeError as e:
+                    raise UsageError(str(e)) from None
+                keep_result(kept, result, budget_s, config_path)
+            else:
+                print(f'[{name}] finished by an earlier comparison ({kept})', flush=True)
+            results[name] = r = result
             print(f'[{name}] done: top-1 {r["top1"]:.2f}%, EMA {r["top1_ema"]:.2f}% after {r["epochs"]} epochs, '
                   f'{r["wall_time_s"] / 60:.1f} min', flush=True)
         report = {'data': 'Fashion-MNIST: 60,000 training and 10,000 test images (the test images evaluated)',
