@@ -217,11 +217,11 @@ def _fine_tuned(out_dir):
 
 
 def test_pretrained_into_another_number_of_classes_from_a_file_and_a_url(tmp_path, offline, monkeypatch):
-    data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 4, 1)
+    data = make_folder(tmp_path / 'data', list('abcdefghij'), 2, 1)  # 10 classes
     cfg = _config(tmp_path, TINY_CONFIG.replace('BASE_LR: 0.256', 'BASE_LR: 1.0e-9'))  # the weights stay put
     source = _thousand_class_checkpoint(tmp_path / 'in1k.pth')
-    common = ['--cfg', cfg, '--data-path', data, '--opts', 'TRAIN.EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0',
-              'TRAIN.WARMUP_LR', '0.0', 'TRAIN.MIN_LR', '0.0']
+    common = ['--cfg', cfg, '--data-path', data, '--opts', 'MODEL.NUM_CLASSES', '10', 'TRAIN.EPOCHS', '1',
+              'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.WARMUP_LR', '0.0', 'TRAIN.MIN_LR', '0.0']
     _train_in_process('--pretrained', str(tmp_path / 'in1k.pth'), '--output', str(tmp_path / 'file'), *common)
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     cache = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
@@ -232,9 +232,9 @@ def test_pretrained_into_another_number_of_classes_from_a_file_and_a_url(tmp_pat
     for run in ('file', 'url'):
         out_dir = tmp_path / run / 'tiny' / 'default'
         weights = _fine_tuned(out_dir)['model']
-        assert weights['head.fc.weight'].shape == (3, 64)
+        assert weights['head.fc.weight'].shape == (10, 64)
         assert all((weights[k] - v).abs().max() <= 1e-6 for k, v in source.items() if not k.startswith('head.fc.'))
-        assert 're-initialised for 3 classes' in (out_dir / 'log_rank0.txt').read_text()
+        assert 're-initialised for 10 classes' in (out_dir / 'log_rank0.txt').read_text()
     # a URL not in the cache, offline: one line naming the URL and where to put the file
     main_error(['--pretrained', 'https://example.org/releases/other.pth', '--output', str(tmp_path / 'o'), *common],
                'cannot download https://example.org/releases/other.pth',
