@@ -127,7 +127,6 @@ def test_bad_input_is_one_error_line_naming_it(tool, argv, fragment, tmp_path, m
 
 COMMANDS = [
     (['tools/export_onnx.py', '--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
-    (['tools/demo3d.py', '--task', 'video', '--epochs', '0'], '--epochs must be positive, got 0'),
 ]
 SCRIPTS = [
     (['tools/dist_train.sh', '/nonexistent/config.py', '2'], 'CONFIG: file not found: /nonexistent/config.py'),
