@@ -92,8 +92,7 @@ def calibrate(config_path: str, output: str, data_opts: List[str]) -> float:
     return TRAIN_IMAGES / seen['rate'] + (seen['evaluated'] - seen['trained'])
 
 
-def run_model(name: str, budget_s: float, output: str, data_path: str) -> dict:
-    config_path = os.path.join(CONFIGS, f'{name}.yaml')
+def run_model(name: str, config_path: str, budget_s: float, output: str, data_path: str) -> dict:
     params, flops, recipe_epochs = model_size(config_path, data_path)
     data_opts = ['DATA.DATA_PATH', data_path]
     started = time.time()
@@ -206,7 +205,7 @@ def main(argv=None) -> None:
             result = None if args.retrain else finished_result(kept, budget_s, config_path)
             if result is None:
                 try:
-                    result = run_model(name, budget_s, os.path.join(args.output, name), args.data_path)
+                    result = run_model(name, config_path, budget_s, os.path.join(args.output, name), args.data_path)
                 except RuntimeError as e:
                     raise UsageError(str(e)) from None
                 keep_result(kept, result, budget_s, config_path)
