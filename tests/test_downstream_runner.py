@@ -88,8 +88,7 @@ def trained_segmentor(segmentation_config, tmp_path_factory):
 def _official_copy(work_dir, tmp_path) -> str:
     """iter_2.pth as the official runs would have written it: backbone under the official wrapper's names, the
     whole file pickled with numpy 1.x's names (``numpy.core.multiarray``)."""
-    import mm_runner
-    mm_runner.allow_runner_checkpoints()
+    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     ours = torch.load(work_dir / 'iter_2.pth', weights_only=True)
     path = tmp_path / 'official.pth'
     save_as_numpy1(official_runner_checkpoint(ours, [1, 1, 1, 1]), path)
@@ -204,8 +203,7 @@ def test_official_layout_loads_fully_by_load_from_resume_and_image_demo(detectio
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=dict(_env(), PYTHONPATH=ROOT),
                             capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    import mm_runner
-    mm_runner.allow_runner_checkpoints()
+    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     for task in ('det', 'seg'):
         reference = torch.load(expected[task], weights_only=True)['state_dict']
         assert any(k.startswith('backbone.out_norms.3.') for k in reference)
@@ -300,6 +298,5 @@ def test_kill_during_a_checkpoint_write_leaves_a_resumable_run(detection_config,
         resumed.stderr
     assert (tmp_path / 'last_checkpoint').read_text() == str(tmp_path / 'iter_4.pth')
     assert not (tmp_path / 'iter_2.pth').exists()  # max_keep_ckpts=1, removed once iter_4.pth was complete
-    import mm_runner
-    mm_runner.allow_runner_checkpoints()
+    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     assert torch.load(tmp_path / 'iter_4.pth', weights_only=True)['meta']['iter'] == 4

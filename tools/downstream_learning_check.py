@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from mm_runner import allow_runner_checkpoints, load_config
+from mm_runner import load_config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
@@ -65,7 +65,6 @@ def run(args) -> None:
         config = shapes_dataset.segmentation_config(os.path.join(work_dir, 'config.py'), data_root,
                                                     max_iters=100000, size=128, batch_size=4, lr=5e-4,
                                                     backbone=BACKBONE)
-    allow_runner_checkpoints()
     cfg = load_config(argparse.Namespace(config=config, cfg_options={}, launcher='none', work_dir=work_dir))
     if args.task == 'det':
         cfg.merge_from_dict(dict(model=LIGHT_DETECTION_HEADS))

@@ -10,8 +10,7 @@ import argparse
 import os
 from types import SimpleNamespace
 
-from mm_runner import (allow_runner_checkpoints, load_config, load_weights_strictly, run_or_exit,
-                       run_on_cpu)
+from mm_runner import load_config, load_weights_strictly, run_on_cpu, run_or_exit
 
 from classification.cli import exit_on_errors, require_device, require_file, require_positive
 from classification.models.serialization import load_checkpoint
@@ -78,7 +77,6 @@ def main(argv=None):
         require_file(args.checkpoint, 'CHECKPOINT', 'checkpoint')
         require_positive(args.score_thr, '--score-thr', minimum=0)
         device = require_device(args.device)
-    allow_runner_checkpoints()
 
     def demo():
         cfg = load_config(SimpleNamespace(config=args.config, cfg_options={}, launcher='none', work_dir=None))

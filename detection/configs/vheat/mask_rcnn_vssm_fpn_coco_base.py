@@ -1,0 +1,1 @@
+_base_ = ['./mask_rcnn_fpn_coco_base.py']

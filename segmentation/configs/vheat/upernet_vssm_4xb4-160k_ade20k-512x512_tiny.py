@@ -1,0 +1,1 @@
+_base_ = ['./upernet_vheat_160k_ade20k_512x512_tiny.py']
