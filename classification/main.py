@@ -34,6 +34,7 @@ from classification.data.build import check_data_path
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
 from classification.models.serialization import CheckpointDownloadError
+from classification.slurm import LaunchError, describe_launch
 from classification.utils import (CheckpointError, auto_resume_file, create_logger, init_distributed,
                                   load_optimizer_state, load_weights, save_checkpoint, shared_checkpoint)
 
@@ -605,7 +606,8 @@ def log_setup(config, logger, rank: int, world_size: int, device: torch.device) 
                     '(nor did the official vHeat)')
     if config.TRAIN.LAYER_DECAY != 1.0:
         logger.info('TRAIN.LAYER_DECAY: no effect (read only by SimMIM fine-tuning, as officially)')
-    logger.info(f'rank {rank} of {world_size} on {device} (pid {os.getpid()})')
+    launch = describe_launch()
+    logger.info(f'rank {rank} of {world_size} on {device} (pid {os.getpid()}{", " + launch if launch else ""})')
 
 
 def run(args) -> None:
@@ -640,7 +642,7 @@ def main(argv=None):
     except Preempted as e:  # the log says where the run stopped; the exit status says which signal stopped it
         sys.exit(128 + e.signum)
     except (ConfigError, DataError, CheckpointError, TrainingError, UnsafeCheckpointError, CheckpointDownloadError,
-            FileNotFoundError) as e:
+            LaunchError, FileNotFoundError) as e:
         exit_with_error(one_line(e))
     finally:
         if dist.is_initialized():

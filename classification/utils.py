@@ -15,6 +15,7 @@ from timm.models._helpers import clean_state_dict
 from classification.models import UnsafeCheckpointError, load_checkpoint
 from classification.models.serialization import CheckpointDownloadError, key_mismatch, read_bytes
 from classification.models.vheat import _rename_official_key
+from classification.slurm import use_srun_environment
 
 
 class CheckpointError(RuntimeError):
@@ -42,17 +43,20 @@ def create_logger(output_dir: str, rank: int, name: str) -> logging.Logger:
 
 
 def init_distributed(local_rank_flag: int):
-    """Join the process group that torch.distributed.launch or torchrun set up; a plain run gets none.
+    """Join the process group that torch.distributed.launch, torchrun or srun (``classification/slurm.py``) set
+    up; a plain run gets none.
 
-    Returns (rank, world_size, device). Backend: nccl on GPUs, gloo on CPU.
+    Returns (rank, world_size, device). Backend: nccl on GPUs, gloo on CPU. The GPU is the local rank's among the
+    visible ones (SLURM may show each task only its own).
     """
+    use_srun_environment()
     if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
         device = torch.device('cuda', 0) if torch.cuda.is_available() else torch.device('cpu')
         return 0, 1, device
     local_rank = int(os.environ.get('LOCAL_RANK', local_rank_flag))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device('cuda', local_rank)
+        device = torch.device('cuda', local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
         dist.init_process_group('nccl', device_id=device)
     else:
         device = torch.device('cpu')

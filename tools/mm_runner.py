@@ -1,31 +1,31 @@
-"""What tools/train.py, tools/test.py and tools/image_demo.py share: config loading, CPU/gloo set-up, safe
-checkpoint globals, strict checkpoint loading of official and own checkpoints, and one-line errors."""
+"""What tools/train.py, tools/test.py and tools/image_demo.py share: config loading, CPU/gloo and srun set-up,
+strict checkpoint loading of official and own checkpoints, and one-line errors. Runner checkpoints are read
+weights-only (``classification/mmengine_checkpoints.py``, registered at import)."""
 import argparse
 import os
-import pickle
 import sys
 from typing import Callable, Dict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.logging.history_buffer import HistoryBuffer  # noqa: E402
 from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from classification import mmengine_checkpoints  # noqa: E402,F401  (Runner checkpoints weights-only)
 from classification.cli import UsageError, exit_with_error  # noqa: E402
 from classification.models.backbone import vHeatBackbone  # noqa: E402
 from classification.models.serialization import (CheckpointDownloadError, CheckpointFormatError,  # noqa: E402
                                                  IncompatibleCheckpointError, UnsafeCheckpointError, key_mismatch,
                                                  load_checkpoint)
+from classification.slurm import LaunchError, started_by_srun, use_srun_environment  # noqa: E402
 from classification.utils import CheckpointError  # noqa: E402
 
 ONE_LINE_ERRORS = (IncompatibleCheckpointError, CheckpointFormatError, UnsafeCheckpointError, CheckpointError,
-                   CheckpointDownloadError, FileNotFoundError, UsageError)
+                   CheckpointDownloadError, FileNotFoundError, UsageError, LaunchError)
 
 
 def run_or_exit(fn: Callable[[], object]) -> None:
@@ -81,35 +81,13 @@ class StrictRunner(Runner):
         return checkpoint
 
 
-def _history_buffer_statistic(owner, name: str):
-    """``getattr`` as a Runner checkpoint may use it: pickle stores a HistoryBuffer's statistics methods as
-    ``getattr(HistoryBuffer, 'mean')`` (mmengine's ``__getstate__``). Only those four resolve; anything else is
-    refused, so the allow-listed name cannot reach any other attribute."""
-    if owner is HistoryBuffer and name in ('min', 'max', 'current', 'mean'):
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(f'getattr({owner!r}, {name!r}) is not allowed in a checkpoint')
-
-
-def allow_runner_checkpoints() -> None:
-    """mmengine loads checkpoints with torch.load's default weights_only=True (torch >= 2.6); its Runner
-    checkpoints also hold the message hub: HistoryBuffers (with their statistics methods), numpy arrays and
-    scalars. Allow exactly those, under numpy 2's names and under the numpy 1.x names of checkpoints written by
-    the official runs (``numpy.core.multiarray``)."""
-    multiarray = np._core.multiarray
-    # numpy.dtype(...) builds instances of these classes (numpy 2), which the unpickler then sets the state of
-    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    torch.serialization.add_safe_globals([
-        HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr'), np.ndarray, np.dtype, *dtypes,
-        multiarray.scalar, multiarray._reconstruct,
-        (multiarray.scalar, 'numpy.core.multiarray.scalar'),
-        (multiarray._reconstruct, 'numpy.core.multiarray._reconstruct')])
-
-
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--work-dir', help='where logs and checkpoints go (default: work_dirs/CONFIG_NAME)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config entries, e.g. train_dataloader.batch_size=2')
-    parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='pytorch: started by torchrun (tools/dist_train.sh); slurm: started by srun '
+                        '(tools/slurm_train.sh)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
@@ -120,11 +98,23 @@ def load_config(args: argparse.Namespace) -> Config:
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    if args.launcher == 'slurm':
+        join_srun_group()
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join(
         'work_dirs', os.path.splitext(os.path.basename(args.config))[0])
     if not torch.cuda.is_available():
         run_on_cpu(cfg)
     return cfg
+
+
+def join_srun_group() -> None:
+    """``--launcher slurm``: the process-group variables of this srun task (``classification/slurm.py``), also
+    for a step of one task, before mmengine reads them (its own SLURM set-up keeps MASTER_PORT from the
+    environment, so every launcher of a job agrees on the port derived from the job id)."""
+    if not started_by_srun():
+        raise UsageError('--launcher slurm: this process was not started by srun (no SLURM_STEP_ID); use '
+                         'tools/slurm_train.sh or tools/slurm_test.sh, or --launcher pytorch with torchrun')
+    use_srun_environment(alone=True)
 
 
 def run_on_cpu(cfg: Config) -> None:

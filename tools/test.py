@@ -3,12 +3,12 @@ tools/dist_test.sh. Official checkpoints (the release's ``vHeat_*_det.pth``, ``v
 alike, strictly.
 
     python tools/test.py CONFIG CHECKPOINT [--tta] [--out FILE.pkl] [--show-dir DIR] [--work-dir DIR]
-                         [--cfg-options k=v ...] [--launcher pytorch]
+                         [--cfg-options k=v ...] [--launcher pytorch|slurm]
 """
 import argparse
 import os
 
-from mm_runner import StrictRunner, add_common_args, allow_runner_checkpoints, load_config, run_or_exit
+from mm_runner import StrictRunner, add_common_args, load_config, run_or_exit
 
 from classification.cli import UsageError, exit_on_errors, require_file
 
@@ -58,7 +58,6 @@ def main(argv=None):
     with exit_on_errors():
         require_file(args.config, 'CONFIG', 'config file')
         require_file(args.checkpoint, 'CHECKPOINT', 'checkpoint')
-    allow_runner_checkpoints()
 
     def test():
         cfg = load_config(args)

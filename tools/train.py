@@ -1,7 +1,7 @@
 """Train a detection (mmdet) or segmentation (mmseg) config with mmengine's Runner; see tools/dist_train.sh.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--auto-scale-lr]
-                          [--cfg-options k=v ...] [--launcher pytorch]
+                          [--cfg-options k=v ...] [--launcher pytorch|slurm]
 
 ``--resume`` alone continues from the work dir's last checkpoint; ``--resume PATH`` from that checkpoint (official
 layout or ours). ``load_from=PATH`` (config or --cfg-options) starts from its weights. Both load strictly.
@@ -9,7 +9,7 @@ layout or ours). ``load_from=PATH`` (config or --cfg-options) starts from its we
 import argparse
 
 import torch
-from mm_runner import StrictRunner, add_common_args, allow_runner_checkpoints, load_config, run_or_exit
+from mm_runner import StrictRunner, add_common_args, load_config, run_or_exit
 
 from classification.cli import UsageError, exit_on_errors, require_file
 
@@ -50,7 +50,6 @@ def main(argv=None):
         require_file(args.config, 'CONFIG', 'config file')
         if args.resume not in (None, 'auto'):
             require_file(args.resume, '--resume', 'checkpoint')
-    allow_runner_checkpoints()
 
     def train():
         cfg = load_config(args)
