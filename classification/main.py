@@ -53,7 +53,12 @@ class Preempted(Exception):
 
 class StopSignals:
     """Within the context, SIGTERM and SIGUSR1 (what clusters such as SLURM send ahead of a kill) only record
-    their arrival: the trainer stops at the next step boundary, after saving where it was."""
+    their arrival: the trainer stops at the next step boundary, after saving where it was.
+
+    Once one has stopped the run, later ones are ignored until the process exits with 128 + the first signal: the
+    state is saved and the run is ending (srun, for one, sends SIGTERM to the other tasks as soon as one task has
+    exited, which would otherwise turn their exit status into 143).
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -69,7 +74,7 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if self.received else handler)
 
 
 def str2bool(value: str) -> bool:

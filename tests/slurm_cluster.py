@@ -50,7 +50,7 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/run/munge.socket
+AuthInfo=socket={root}/run/munge.socket,cred_expire={cred_expire}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/run/slurmctld.pid
@@ -61,6 +61,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+SchedulerParameters=sched_interval=1,bf_interval=1
 MpiDefault=none
 ReturnToService=2
 JobCompType=jobcomp/none
@@ -75,10 +76,15 @@ PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 class LocalSlurm:
     """``with LocalSlurm() as cluster:`` a cluster of one node with ``cpus`` CPUs and one partition; ``env()`` is
-    the environment for srun/sbatch/scontrol (``SLURM_CONF``)."""
+    the environment for srun/sbatch/scontrol (``SLURM_CONF``).
 
-    def __init__(self, cpus: int = 2, partition: str = 'debug'):
-        self.cpus, self.partition = cpus, partition
+    ``cred_expire``: the job credentials' lifetime, which is also how long a requeued job waits before it may
+    start again (SLURM's default, 120 s, keeps a requeued test job pending for two minutes). The schedulers run
+    every second, so that a job that has become eligible starts at once (by default within 30 to 60 s).
+    """
+
+    def __init__(self, cpus: int = 2, partition: str = 'debug', cred_expire: int = 5):
+        self.cpus, self.partition, self.cred_expire = cpus, partition, cred_expire
         self.host = socket.gethostname().split('.')[0]
         self.root = ''
         self.daemons: List[subprocess.Popen] = []
@@ -106,7 +112,7 @@ class LocalSlurm:
             os.chmod(path, mode)
         with open(os.path.join(self.root, 'slurm.conf'), 'w') as f:
             f.write(CONF.format(host=self.host, root=self.root, cpus=self.cpus, partition=self.partition,
-                                ctld_port=_free_port(), slurmd_port=_free_port()))
+                                ctld_port=_free_port(), slurmd_port=_free_port(), cred_expire=self.cred_expire))
         try:
             self._start([_binary('munged'), '--foreground', f'--key-file={key_dir}/munge.key',
                          f'--socket={run_dir}/munge.socket', f'--pid-file={key_dir}/munged.pid',
@@ -173,7 +179,12 @@ class LocalSlurm:
                                      f'{fields.get("Reason")})')
             time.sleep(0.3)
 
-    def release_requeued(self, job_id: str) -> None:
-        """SLURM holds a requeued batch job for about two minutes before it is eligible again (BeginTime); make it
-        eligible now, as an administrator would."""
-        self.run('scontrol', 'update', f'JobId={job_id}', 'StartTime=now')
+    def log_tails(self, chars: int = 1500) -> str:
+        """The end of each daemon's log, for failure messages."""
+        tails = []
+        for name in ('slurmctld.log', 'slurmd.log'):
+            path = os.path.join(self.root, 'log', name)
+            if os.path.exists(path):
+                with open(path) as f:
+                    tails.append(f'--- {name}\n{f.read()[-chars:]}')
+        return '\n'.join(tails)

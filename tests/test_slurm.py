@@ -3,6 +3,7 @@ one process group, as torchrun does; an sbatch --requeue job stopped by SIGUSR1 
 its step; a downstream job requeued by scontrol continues from its last checkpoint; tools/slurm_test.sh reports
 what tools/dist_test.sh reports."""
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -115,10 +116,8 @@ def _wait_for_text(path, pattern, cluster, job_id, timeout=240):
 
 
 def _requeued_and_done(cluster, job_id):
-    """Wait until SLURM has requeued the job, let it start again at once, and wait until it completes."""
-    cluster.wait_for_job(job_id, lambda f: int(f.get('Restarts', 0)) >= 1 and f['JobState'] == 'PENDING',
-                         'requeue')
-    cluster.release_requeued(job_id)
+    """Wait until SLURM has requeued the job, then until the requeued run has ended."""
+    cluster.wait_for_job(job_id, lambda f: int(f.get('Restarts', 0)) >= 1, 'requeue')
     return cluster.wait_for_job(job_id, lambda f: f['JobState'] in ('COMPLETED', 'FAILED', 'CANCELLED'),
                                 'end of the requeued run')
 
@@ -137,9 +136,111 @@ def test_sbatch_requeue_job_stopped_by_usr1_requeues_itself_and_resumes_at_its_s
     cluster.run('scancel', '--signal=USR1', job)
     fields = _requeued_and_done(cluster, job)
     text = log.read_text()
-    assert fields['JobState'] == 'COMPLETED', text[-3000:]
+    assert fields['JobState'] == 'COMPLETED', f'{fields} {text[-3000:]} {cluster.log_tails()}'
     stopped = int(re.search(rf'stopped by SIGUSR1 at epoch 1 step (\d+) of {STEPS}', text).group(1))
     assert 2 <= stopped < STEPS
     assert f'stopped by SIGUSR1: requeueing job {job}' in text
     assert f'resuming epoch 1 at step {stopped} of {STEPS}' in rank0.read_text()
     _assert_equal_weights(output / 'tiny' / 'default' / 'ckpt_epoch_1.pth', torchrun_weights, tolerance=1e-6)
+
+
+# --- downstream (mmengine's --launcher slurm) ------------------------------------------------------------------
+
+def _shapes():
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import shapes_dataset
+    return shapes_dataset
+
+
+@pytest.fixture(scope='module')
+def detection_config(tmp_path_factory):
+    pytest.importorskip('mmdet')
+    shapes = _shapes()
+    root = tmp_path_factory.mktemp('slurm_coco')
+    shapes.make_coco(str(root), num_train=4, num_val=3, size=64)
+    return shapes.detection_config(str(root / 'config.py'), str(root), max_iters=6, size=64)
+
+
+@pytest.fixture(scope='module')
+def requeued_detector(cluster, detection_config, tmp_path_factory):
+    """A tiny Mask R-CNN as an sbatch --requeue job of tools/slurm_train.sh (2 CPU tasks, 6 iterations, a
+    checkpoint every 2), requeued with ``scontrol requeue`` once its first checkpoint is written; (work dir, job
+    log, checkpoint it was requeued after)."""
+    work_dir = tmp_path_factory.mktemp('slurm_det')
+    log = work_dir / 'job.log'
+    job = _sbatch(cluster, '-o', str(log), os.path.join(ROOT, 'tools', 'slurm_train.sh'), cluster.partition,
+                  'vheat-det', detection_config, str(work_dir), '--cfg-options', 'default_hooks.checkpoint.interval=2',
+                  env_extra=dict(PORT=str(free_port())))
+    last = work_dir / 'last_checkpoint'
+    _wait_for_text(last, r'iter_\d+\.pth', cluster, job, timeout=300)
+    requeued_after = last.read_text()
+    cluster.run('scontrol', 'requeue', job)
+    fields = _requeued_and_done(cluster, job)
+    assert fields['JobState'] == 'COMPLETED', f'{fields} {log.read_text()[-3000:]} {cluster.log_tails()}'
+    return work_dir, log.read_text(), requeued_after
+
+
+def test_downstream_job_requeued_by_scontrol_continues_from_its_last_checkpoint(requeued_detector):
+    work_dir, log, requeued_after = requeued_detector
+    assert 'requeued job (restart 1): resuming from the last checkpoint in' in log
+    resumed = re.search(r'Auto resumed from the latest checkpoint (\S+)\.', log)
+    assert resumed, log[-4000:]
+    start = int(re.search(r'iter_(\d+)\.pth', resumed.group(1)).group(1))
+    assert start >= int(re.search(r'iter_(\d+)\.pth', requeued_after).group(1)) >= 2  # not from the beginning
+    assert re.search(rf'resumed epoch: \d+, iter: {start}', log), log[-4000:]
+    assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_6.pth')
+    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
+    assert torch.load(work_dir / 'iter_6.pth', weights_only=True)['meta']['iter'] == 6
+
+
+@pytest.fixture(scope='module')
+def slurm_segmentor(cluster, tmp_path_factory):
+    """A tiny UperNet trained by tools/slurm_train.sh from a login shell (srun allocates 2 CPU tasks)."""
+    pytest.importorskip('mmseg')
+    shapes = _shapes()
+    root = tmp_path_factory.mktemp('slurm_ade')
+    shapes.make_ade(str(root), num_train=4, num_val=3, size=64)
+    config = shapes.segmentation_config(str(root / 'config.py'), str(root), max_iters=2, size=64)
+    work_dir = root / 'work'
+    result = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'slurm_train.sh'), cluster.partition, 'vheat-seg',
+                             config, str(work_dir)], env=job_env(cluster), cwd=ROOT, capture_output=True, text=True,
+                            timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return config, str(work_dir / 'iter_2.pth')
+
+
+def _metrics(log: str, *names: str):
+    return [float(re.findall(rf'{re.escape(name)}: (-?[\d.]+)', log)[-1]) for name in names]
+
+
+@pytest.mark.parametrize('task', ['det', 'seg'])
+def test_slurm_test_sh_reports_the_metrics_of_dist_test_sh(task, cluster, request, tmp_path):
+    if task == 'det':
+        config = request.getfixturevalue('detection_config')
+        checkpoint = str(request.getfixturevalue('requeued_detector')[0] / 'iter_6.pth')
+        names = ('coco/bbox_mAP', 'coco/segm_mAP')
+    else:
+        config, checkpoint = request.getfixturevalue('slurm_segmentor')
+        names = ('mIoU',)
+    slurm = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'slurm_test.sh'), cluster.partition, 'vheat-test',
+                            config, checkpoint, '--work-dir', str(tmp_path / 'slurm'), '--out',
+                            str(tmp_path / 'slurm.pkl')], env=job_env(cluster), cwd=ROOT, capture_output=True,
+                           text=True, timeout=400)
+    assert slurm.returncode == 0, slurm.stdout[-2000:] + slurm.stderr[-3000:]
+    local = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
+                            '--work-dir', str(tmp_path / 'dist'), '--out', str(tmp_path / 'dist.pkl')],
+                           env=dict(env(), PYTHON=sys.executable, PORT=str(free_port())), cwd=ROOT,
+                           capture_output=True, text=True, timeout=400)
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-3000:]
+    assert 'launcher = \'slurm\'' in slurm.stdout and 'launcher = \'pytorch\'' in local.stdout
+    assert _metrics(slurm.stdout + slurm.stderr, *names) == _metrics(local.stdout + local.stderr, *names)
+    by_slurm, by_torchrun = (sorted(pickle.load(open(tmp_path / f'{name}.pkl', 'rb')), key=lambda r: r['img_path'])
+                             for name in ('slurm', 'dist'))  # written by the two commands above
+    assert len(by_slurm) == len(by_torchrun) == 3  # every test image once
+    for a, b in zip(by_slurm, by_torchrun):
+        if task == 'det':
+            assert len(a['pred_instances']['scores']) > 0
+            for key in ('bboxes', 'scores', 'labels'):
+                assert torch.equal(a['pred_instances'][key], b['pred_instances'][key]), key
+        else:
+            assert torch.equal(a['seg_logits']['data'], b['seg_logits']['data'])
