@@ -2,6 +2,9 @@
 # The paper's runs of vHeat-T, -S and -B, as the official model card has them:
 #   bash modelcard.sh tiny|small|base train|eval|throughput      ImageNet-1K: 16 GPUs x 128 images (2048, lr 2e-3)
 #     GPUS=8 (or 4, 2, 1) keeps the total batch of 2048 with 16/GPUS accumulation steps, so the same learning rate
+#   bash modelcard.sh tiny|small|base slurm                        the same run submitted to SLURM: 2 nodes x 8 GPUs,
+#     warned 120 s before the time limit (USR1), requeued and resumed where it stopped (PARTITION, default gpu;
+#     TIME, default 3-00:00:00; CPUS_PER_TASK, default 10)
 #   bash modelcard.sh tiny|small|base det_train|det_test           Mask R-CNN 1x on COCO
 #   bash modelcard.sh tiny|small det3x_train|det3x_test            Mask R-CNN 3x multi-scale on COCO
 #   bash modelcard.sh tiny|small|base seg_train|seg_test           UperNet 160k on ADE20K (seg_test adds --tta)
@@ -13,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . tools/common.sh
-ACTIONS="train|eval|throughput|det_train|det_test|det3x_train|det3x_test|seg_train|seg_test"
+ACTIONS="train|eval|throughput|slurm|det_train|det_test|det3x_train|det3x_test|seg_train|seg_test"
 [ $# -eq 2 ] || die "usage: modelcard.sh tiny|small|base $ACTIONS"
 size=$1
 action=$2
@@ -33,6 +36,13 @@ case "$action" in
     set -x
     "${launch[@]}" classification/main.py --cfg "$cfg" --batch-size 128 --data-path "$data" --output "$output" \
       --eval --resume "${CKPT_DIR:-.}/vHeat_${size}.pth" --model_ema False ;;
+  slurm)
+    set -x
+    GPUS=16 GPUS_PER_NODE=8 CPUS_PER_TASK=${CPUS_PER_TASK:-10} sbatch --job-name="vheat_${size}" \
+      --partition="${PARTITION:-gpu}" --nodes=2 --ntasks-per-node=8 --gres=gpu:8 \
+      --cpus-per-task="${CPUS_PER_TASK:-10}" --time="${TIME:-3-00:00:00}" --signal=B:USR1@120 --requeue \
+      --open-mode=append --output="${output}/vheat_${size}_slurm_%j.log" \
+      tools/slurm_train.sh "${PARTITION:-gpu}" "vheat_${size}" "$cfg" "$output" --batch-size 128 --data-path "$data" ;;
   throughput)
     set -x
     python classification/main.py --cfg "$cfg" --batch-size 128 --data-path "$data" --output "$output" \

@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,6 +71,8 @@ CASES = [
     ('tools/test.py', [DET_CONFIG, MISSING], MISSING),
     ('tools/train.py', ['/nonexistent/config.py'], '/nonexistent/config.py'),
     ('tools/train.py', [DET_CONFIG, '--resume', MISSING], MISSING),
+    ('tools/train.py', [DET_CONFIG, '--launcher', 'slurm'], '--launcher slurm: this process was not started by srun'),
+    ('tools/test.py', [DET_CONFIG, OFFICIAL, '--launcher', 'slurm'], '--launcher slurm: this process was not started'),
     # tools/visualize_erf.py, tools/visualize_heat.py
     ('tools/visualize_erf.py', ['--image', '/nonexistent/photo.jpg'], '/nonexistent/photo.jpg'),
     ('tools/visualize_erf.py', ['--checkpoint', f'vheat_tiny={MISSING}'], MISSING),
@@ -141,13 +144,49 @@ SCRIPTS = [
 ]
 
 
+SLURM_SCRIPTS = [  # (command, environment, fragment): mmdet's SLURM arguments and variables
+    (['tools/slurm_train.sh', 'gpu', 'job', DET_CONFIG], {}, 'usage: tools/slurm_train.sh PARTITION JOB_NAME'),
+    (['tools/slurm_train.sh', 'gpu', 'job', '/nonexistent/config.py', 'w'], {}, 'CONFIG: file not found'),
+    (['tools/slurm_train.sh', 'gpu', 'job', OFFICIAL, 'w'], {}, 'CONFIG: expected a classification .yaml or a '
+                                                              'downstream .py config'),
+    (['tools/slurm_train.sh', 'gpu', 'job', CONFIG, 'w'], {'GPUS': '0'}, "GPUS must be a positive integer, got '0'"),
+    (['tools/slurm_train.sh', 'gpu', 'job', CONFIG, 'w'], {'GPUS_PER_NODE': 'all'},
+     "GPUS_PER_NODE must be a whole number (0: no GPU), got 'all'"),
+    (['tools/slurm_train.sh', 'gpu', 'job', CONFIG, 'w'], {'CPUS_PER_TASK': '-1'}, 'CPUS_PER_TASK must be a positive'),
+    (['tools/slurm_test.sh', 'gpu', 'job', DET_CONFIG, MISSING], {}, f'CHECKPOINT: file not found: {MISSING}'),
+    (['tools/slurm_test.sh', 'gpu', 'job', DET_CONFIG], {}, 'usage: tools/slurm_test.sh PARTITION JOB_NAME CONFIG'),
+    # where srun is not on the PATH: bash, dirname and sed only
+    (['tools/slurm_train.sh', 'gpu', 'job', CONFIG, 'w'], {'PATH': 'BIN'}, 'srun not found: slurm_train.sh runs on '
+                                                                           'a SLURM cluster'),
+]
+
+
+def _run_command(command, tmp_path, environment=None):
+    runner = [shutil.which('bash')] if command[0].endswith('.sh') else [sys.executable]
+    return subprocess.run([*runner, os.path.join(ROOT, command[0]), *command[1:]], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(environment or {})),
+                          capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize('command,fragment', COMMANDS + SCRIPTS, ids=[' '.join(c) for c, _ in COMMANDS + SCRIPTS])
 def test_commands_answer_bad_input_in_one_line(command, fragment, tmp_path):
     """As a user runs them: exit status 1, stderr holds one error line (and no traceback)."""
-    runner = ['bash'] if command[0].endswith('.sh') else [sys.executable]
-    result = subprocess.run([*runner, os.path.join(ROOT, command[0]), *command[1:]], cwd=tmp_path,
-                            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'), capture_output=True, text=True,
-                            timeout=120)
+    result = _run_command(command, tmp_path)
     assert result.returncode == 1, result.stdout[-1000:] + result.stderr[-2000:]
     _error_line(result.returncode, result.stderr, fragment)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('command,environment,fragment', SLURM_SCRIPTS,
+                         ids=[' '.join(c[1:] + [f'{k}={v}' for k, v in e.items()]) for c, e, _ in SLURM_SCRIPTS])
+def test_slurm_scripts_answer_bad_input_in_one_line_before_submitting(command, environment, fragment, tmp_path):
+    if environment.get('PATH') == 'BIN':
+        bin_dir = tmp_path / 'bin'
+        bin_dir.mkdir()
+        for tool in ('dirname', 'sed', 'basename'):
+            os.symlink(shutil.which(tool), bin_dir / tool)
+        environment = dict(environment, PATH=str(bin_dir))
+    result = _run_command(command, tmp_path, environment)
+    assert result.returncode == 1, result.stdout[-1000:] + result.stderr[-2000:]
+    _error_line(result.returncode, result.stderr, fragment)
+    assert sorted(os.listdir(tmp_path)) in ([], ['bin'])  # nothing written, nothing submitted

@@ -378,3 +378,44 @@ def test_interpolate4downstream_refuses_bad_input(tmp_path):
     assert 'cannot write checkpoint' in _interpolate('--pt_pth', official, '--pt_size', '64', '--tg_size', '128',
                                                      '--tg_pth', str(tmp_path / 'no' / 'such' / 'dir.pth'))
     assert not os.path.exists(out)
+
+
+SRUN_TASK = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_ID': '0', 'SLURM_PROCID': '1', 'SLURM_LOCALID': '1',
+             'SLURM_NTASKS': '2', 'SLURM_STEP_NUM_TASKS': '2', 'SLURM_STEP_NODELIST': 'gpu-a',
+             'SLURM_JOB_NODELIST': 'gpu-a'}
+
+
+def _srun_task(monkeypatch, **changes):
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in dict(SRUN_TASK, **changes).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+
+
+def test_srun_task_variables_make_torchruns_and_torchruns_own_win(monkeypatch):
+    from classification.slurm import job_port, srun_environment
+    _srun_task(monkeypatch)
+    assert srun_environment() == {'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1', 'MASTER_ADDR': 'gpu-a',
+                                  'MASTER_PORT': str(job_port(4242, 0))}
+    assert job_port(4242, 0) != job_port(4242, 1) and 20000 <= job_port(4242, 0) < 32000
+    monkeypatch.setenv('MASTER_PORT', '31000')  # the user's choice is kept
+    assert srun_environment()['MASTER_PORT'] == '31000'
+    _srun_task(monkeypatch, SLURM_STEP_ID=None)  # the batch script of an sbatch job is not a task: one process
+    assert srun_environment() is None
+    _srun_task(monkeypatch, SLURM_NTASKS='1', SLURM_STEP_NUM_TASKS='1')  # srun -n 1: a plain run
+    assert srun_environment() is None and srun_environment(alone=True)['WORLD_SIZE'] == '1'
+    _srun_task(monkeypatch, RANK='3', WORLD_SIZE='4')  # torchrun inside srun, one launcher per node: torchrun's
+    assert srun_environment() is None
+
+
+def test_two_rank_zero_processes_are_refused_in_one_line(monkeypatch, fault_data, fault_cfg, tmp_path):
+    """``srun -n 2 torchrun --nproc_per_node 1 ...``: each task's group has one process, so each would be a rank 0
+    writing the same output folder."""
+    _srun_task(monkeypatch, RANK='0', WORLD_SIZE='1', LOCAL_RANK='0')
+    main_error(['--cfg', fault_cfg, '--data-path', fault_data, '--output', str(tmp_path)],
+               'srun started 2 tasks, but this one belongs to a process group of 1 (set by its launcher): each task '
+               'would have its own rank 0')
+    assert not (tmp_path / 'tiny').exists()

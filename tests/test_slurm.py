@@ -244,3 +244,9 @@ def test_slurm_test_sh_reports_the_metrics_of_dist_test_sh(task, cluster, reques
                 assert torch.equal(a['pred_instances'][key], b['pred_instances'][key]), key
         else:
             assert torch.equal(a['seg_logits']['data'], b['seg_logits']['data'])
+
+
+def test_a_bracketed_node_list_is_expanded_by_scontrol(cluster, monkeypatch):
+    from classification.slurm import first_host
+    monkeypatch.setenv('SLURM_CONF', cluster.env()['SLURM_CONF'])
+    assert first_host('gpu[03-05,7],cpu1') == 'gpu03' and first_host('node7,node8') == 'node7'

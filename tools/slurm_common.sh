@@ -6,7 +6,6 @@
 #   SRUN_ARGS      more srun options (e.g. "--time=24:00:00 --signal=USR1@120")
 #   PYTHON         the interpreter (default the repository's .venv/bin/python, else python)
 . "$ROOT/tools/common.sh"
-command -v srun >/dev/null || die "srun not found: $(basename "$0") submits to a SLURM cluster (tools/dist_train.sh runs on this machine)"
 GPUS=${GPUS:-8}
 require_positive_int "$GPUS" GPUS
 GPUS_PER_NODE=${GPUS_PER_NODE:-$((GPUS < 8 ? GPUS : 8))}
@@ -20,6 +19,8 @@ PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/pyth
 srun_tasks() {
   local partition=$1 job_name=$2
   shift 2
+  command -v srun >/dev/null ||
+    die "srun not found: $(basename "$0") runs on a SLURM cluster (tools/dist_train.sh runs on this machine)"
   local options=(-p "$partition" --job-name="$job_name" --ntasks="$GPUS" --cpus-per-task="$CPUS_PER_TASK"
                  --kill-on-bad-exit=1)
   [ "$GPUS_PER_NODE" -eq 0 ] || options+=(--gres=gpu:"$GPUS_PER_NODE" --ntasks-per-node="$GPUS_PER_NODE")
