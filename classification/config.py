@@ -21,7 +21,8 @@ _C.BASE = ['']
 _C.DATA = CN()
 _C.DATA.BATCH_SIZE = 128            # per process
 _C.DATA.DATA_PATH = ''              # imagenet: train/ and val/ with a sub-folder per class (or the zip layout)
-_C.DATA.DATASET = 'imagenet'        # or a standard set read from its files: fashion_mnist, mnist, cifar10, cifar100
+_C.DATA.DATASET = 'imagenet'        # or hfds (Hugging Face parquet, save_to_disk or hub name), wds (WebDataset
+#                                     shards), or a standard set read from its files: fashion_mnist, mnist, cifar10...
 _C.DATA.IMG_SIZE = 224
 _C.DATA.INTERPOLATION = 'bicubic'
 _C.DATA.ZIP_MODE = False            # imagenet from train.zip/train_map.txt and val.zip/val_map.txt (--zip)
@@ -29,6 +30,10 @@ _C.DATA.CACHE_MODE = 'part'         # zip mode: hold no, all ('full') or this ra
 _C.DATA.RANK_SHARDS = False         # each rank trains on a fixed shard (what --zip --cache-mode part implies)
 _C.DATA.TRAIN_SUBSET = 0            # standard data sets: train on the first N images only (0: all)
 _C.DATA.PIN_MEMORY = True
+_C.DATA.WDS = CN()                  # DATA.DATASET wds (classification/data/shards.py)
+_C.DATA.WDS.TRAIN = ''              # brace pattern of the training shards under DATA_PATH ('': from _info.json)
+_C.DATA.WDS.VAL = ''                # the same for the validation shards
+_C.DATA.WDS.SHUFFLE_BUFFER = 1024   # samples each loader worker shuffles among (their encoded bytes stay in memory)
 _C.DATA.NUM_WORKERS = 8
 
 _C.MODEL = CN()
@@ -281,6 +286,7 @@ def validate(config: CN) -> None:
     _choice(config, 'DATA.CACHE_MODE', CACHE_MODES)
     _flag(config, 'DATA.RANK_SHARDS')
     _integer(config, 'DATA.TRAIN_SUBSET', 0)
+    _integer(config, 'DATA.WDS.SHUFFLE_BUFFER', 1)
     if config.DATA.ZIP_MODE and config.DATA.DATASET != 'imagenet':
         raise ConfigError(f'DATA.ZIP_MODE (--zip) reads the ImageNet zip layout; DATA.DATASET is '
                           f'{config.DATA.DATASET!r}')

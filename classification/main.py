@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -29,7 +30,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from classification.cli import exit_with_error
 from classification.config import ConfigError, get_config, optimizer_name, scale_learning_rates, total_batch
-from classification.data import DataError, batches, build_loader, derived_seed, input_channels, seed_everything
+from classification.data import (DataError, batches, build_loader, derived_seed, input_channels, seed_everything,
+                                 train_epochs)
 from classification.data.build import check_data_path
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
@@ -250,7 +252,8 @@ class Trainer:
         self.eval_only = config.EVAL_MODE or config.THROUGHPUT_MODE
         self.dataset_train, self.dataset_val, self.loader_train, self.loader_val, self.mixup_fn = build_loader(
             config, eval_only=self.eval_only, logger=logger)
-        self.batches_per_epoch = None if self.eval_only else self.loader_train.sampler.batches_per_epoch
+        self.epochs = None if self.eval_only else train_epochs(self.loader_train)  # the sampler, or the shard stream
+        self.batches_per_epoch = None if self.eval_only else self.epochs.batches_per_epoch
         seed_everything(config.SEED)  # the same initial weights, and so the same EMA start, on every rank
         self.model = build_model(config).to(device)
         size = config.DATA.IMG_SIZE
@@ -383,7 +386,7 @@ class Trainer:
         max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
         single = not dist.is_initialized()
         stats, last_sync = StepStats(self.device), time.time()
-        for idx, (samples, targets) in enumerate(stream, start=start_step):
+        for idx, (samples, targets) in enumerate(itertools.islice(stream, num_steps - start_step), start=start_step):
             seed_everything(derived_seed(config.SEED, epoch, idx, self.rank))
             samples = samples.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
@@ -432,10 +435,10 @@ class Trainer:
         return None
 
     @torch.no_grad()
-    def validate(self, model: torch.nn.Module, name: str = 'model') -> Tuple[float, float, float]:
-        """Top-1/top-5 accuracy (%) and loss on the val split. Each process evaluates its own shard (every image
-        on exactly one process, see ``ShardSampler``) and the sums are all-reduced once: the result and the image
-        count do not depend on the number of processes. The images go where the model is (the EMA may be kept on
+    def validate(self, model: torch.nn.Module, name: str = 'model') -> Tuple[float, float, float, int]:
+        """Top-1/top-5 accuracy (%), loss and the number of images counted on the val split. Each process evaluates
+        its own shard (every image on exactly one process, see ``ShardSampler`` and ``ShardStream``) and the sums are
+        all-reduced once: the result and the image count do not depend on the number of processes. The images go where the model is (the EMA may be kept on
         the CPU, ``--model_ema_force_cpu``)."""
         model.eval()
         topk = (1, min(5, self.config.MODEL.NUM_CLASSES))
@@ -464,15 +467,14 @@ class Trainer:
         acc1, acc5 = acc1 * 100, acc5 * 100
         self.logger.info(f' * {name}: Acc@1 {acc1:.3f} Acc@{topk[1]} {acc5:.3f} loss {loss:.4f} '
                          f'({int(totals[3].item())} images)')
-        return acc1, acc5, loss
+        return acc1, acc5, loss, int(totals[3].item())
 
     def evaluate(self) -> None:
         """--eval: the model and, with --model_ema True, its EMA."""
-        images = len(self.dataset_val)
-        acc1, _, _ = self.validate(self.eval_model)
+        acc1, _, _, images = self.validate(self.eval_model)
         self.logger.info(f'Accuracy of the network on the {images} test images: {acc1:.2f}%')
         if self.ema is not None:
-            acc1_ema, _, _ = self.validate(self.ema_eval_model, name='model_ema')
+            acc1_ema, _, _, images = self.validate(self.ema_eval_model, name='model_ema')
             self.logger.info(f'Accuracy of the EMA network on the {images} test images: {acc1_ema:.2f}%')
 
     @torch.no_grad()
@@ -548,7 +550,7 @@ class Trainer:
 
     def end_of_epoch(self, epoch: int) -> None:
         """Validate the model and its EMA, log, and save."""
-        acc1, acc5, loss = self.validate(self.eval_model)
+        acc1, acc5, loss, _ = self.validate(self.eval_model)
         improved = acc1 > self.max_accuracy
         self.max_accuracy = max(self.max_accuracy, acc1)
         self.logger.info(f'Epoch {epoch}: accuracy {acc1:.2f}% (max {self.max_accuracy:.2f}%)')
@@ -556,7 +558,7 @@ class Trainer:
             for key, value in (('acc1', acc1), ('acc5', acc5), ('loss', loss)):
                 self.writer.add_scalar(f'val/{key}', value, epoch)
         if self.ema is not None:
-            acc1_ema, _, _ = self.validate(self.ema_eval_model, name='model_ema')
+            acc1_ema, _, _, _ = self.validate(self.ema_eval_model, name='model_ema')
             self.max_accuracy_ema = max(self.max_accuracy_ema, acc1_ema)
             self.logger.info(f'Epoch {epoch}: EMA accuracy {acc1_ema:.2f}% (max {self.max_accuracy_ema:.2f}%)')
             if self.writer is not None:
@@ -572,9 +574,14 @@ class Trainer:
         with self.signals:
             for epoch in range(self.start_epoch, config.TRAIN.EPOCHS):
                 first_step = self.start_step if epoch == self.start_epoch else 0
-                if first_step:
+                if first_step and not self.epochs.resumes_mid_epoch:
+                    logger.info(f'stopped at step {first_step} of epoch {epoch}, but streamed shards cannot be '
+                                f'entered mid-epoch: epoch {epoch} restarts at its first step (the {first_step} steps '
+                                'done before the stop are trained again)')
+                    first_step = 0
+                elif first_step:
                     logger.info(f'resuming epoch {epoch} at step {first_step} of {self.batches_per_epoch}')
-                self.loader_train.sampler.set_epoch(epoch, first_step)
+                self.epochs.set_epoch(epoch, first_step)
                 stopped = self.train_one_epoch(epoch, first_step)
                 if stopped is not None:
                     self.stop_mid_epoch(epoch, stopped)

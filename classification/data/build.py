@@ -1,5 +1,6 @@
-"""The trainer's data: ImageNet-style folders, the official zip layout (``--zip``), or torchvision's standard data
-sets (``DATA.DATASET``), with timm's transforms and mixup.
+"""The trainer's data: ImageNet-style folders, the official zip layout (``--zip``), the Hugging Face hub's layout
+(``DATA.DATASET hfds``: parquet files, a ``save_to_disk`` folder or a hub name), WebDataset tar shards
+(``DATA.DATASET wds``, streamed), or torchvision's standard data sets, with timm's transforms and mixup.
 
 The order of the training samples and every random choice of their augmentation depend only on (SEED, epoch,
 sample index), never on the worker that loads them or on where a run stopped: a run resumed mid-epoch sees the
@@ -21,11 +22,13 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from . import augment  # noqa: F401  (registers the official RandAugment posterize, see augment.py)
+from .hub import HubImageDataset, check_source
 from .images import DataError, load_image
+from .shards import ShardStream, count_samples, split_shards
 from .standard import STANDARD_DATASETS, standard_dataset
 from .zipdata import ZipImageDataset
 
-DATASETS = ('imagenet',) + STANDARD_DATASETS
+DATASETS = ('imagenet', 'hfds', 'wds') + STANDARD_DATASETS
 
 
 class CheckedImageFolder(ImageFolder):
@@ -68,6 +71,14 @@ def build_dataset(config, split: str, is_training: bool, rank: int = 0, world_si
     transform = build_transform(config, is_training)
     mode = 'L' if input_channels(config) == 1 else 'RGB'
     path = config.DATA.DATA_PATH
+    if config.DATA.DATASET == 'hfds':
+        return HubImageDataset(path, split, config.MODEL.NUM_CLASSES, transform, mode)
+    if config.DATA.DATASET == 'wds':
+        shards, lengths, classes = split_shards(path, split, config.DATA.WDS.TRAIN if split == 'train' else
+                                                config.DATA.WDS.VAL)
+        return ShardStream(shards, lengths or [count_samples(s) for s in shards], config.MODEL.NUM_CLASSES, transform,
+                           config.DATA.BATCH_SIZE, is_training, config.SEED, rank, world_size,
+                           config.DATA.NUM_WORKERS, config.DATA.WDS.SHUFFLE_BUFFER, mode, classes)
     if config.DATA.DATASET != 'imagenet':
         limit = config.DATA.TRAIN_SUBSET if split == 'train' else 0
         return standard_dataset(config.DATA.DATASET, path, split, transform, mode, limit)
@@ -89,6 +100,14 @@ def check_data_path(config, eval_only: bool) -> None:
     and their maps, or a standard data set's files (a DataError naming what is missing)."""
     path = config.DATA.DATA_PATH
     splits = ('val',) if eval_only else ('train', 'val')
+    if not path and config.DATA.DATASET in ('hfds', 'wds'):
+        raise DataError(f'{config.DATA.DATASET}: DATA.DATA_PATH is empty; pass --data-path')
+    if config.DATA.DATASET == 'hfds':
+        return check_source(path, eval_only)
+    if config.DATA.DATASET == 'wds':
+        for split in splits:
+            split_shards(path, split, config.DATA.WDS.TRAIN if split == 'train' else config.DATA.WDS.VAL)
+        return
     if config.DATA.DATASET != 'imagenet':
         from .standard import HOW_TO_GET
         if not path or not os.path.isdir(path):
@@ -187,6 +206,8 @@ class EpochSampler(torch.utils.data.DistributedSampler):
         per_rank = len(dataset) // num_replicas if rank_shards else self.num_samples
         self.batches_per_epoch = per_rank // batch_size  # the loader drops the last partial batch
 
+    resumes_mid_epoch = True
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch)
         self.start_batch = start_batch
@@ -272,23 +293,42 @@ def build_loader(config, eval_only: bool = False, logger=None):
                         f'{config.MODEL.NUM_CLASSES}')
     loader_args = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and
                        torch.cuda.is_available(), worker_init_fn=init_worker, persistent_workers=False)
-    sampler_val = ShardSampler(dataset_val, world_size, rank)
-    loader_val = torch.utils.data.DataLoader(dataset_val, sampler=sampler_val, batch_size=config.DATA.BATCH_SIZE,
-                                             drop_last=False, **loader_args)
+    if isinstance(dataset_val, ShardStream):  # each loader worker makes its own batches
+        loader_val = torch.utils.data.DataLoader(dataset_val, batch_size=None, **loader_args)
+    else:
+        loader_val = torch.utils.data.DataLoader(dataset_val, sampler=ShardSampler(dataset_val, world_size, rank),
+                                                 batch_size=config.DATA.BATCH_SIZE, drop_last=False, **loader_args)
     if dataset_train is None:
         return None, dataset_val, None, loader_val, None
-    rank_shards = config.DATA.RANK_SHARDS or (config.DATA.ZIP_MODE and config.DATA.CACHE_MODE == 'part')
-    sampler_train = EpochSampler(dataset_train, world_size, rank, config.SEED, config.DATA.BATCH_SIZE, rank_shards)
-    loader_train = torch.utils.data.DataLoader(SeededSamples(dataset_train, config.SEED), sampler=sampler_train,
-                                               batch_size=config.DATA.BATCH_SIZE, drop_last=True, **loader_args)
-    per_epoch = sampler_train.batches_per_epoch
+    if isinstance(dataset_train, ShardStream):
+        loader_train = torch.utils.data.DataLoader(dataset_train, batch_size=None, **loader_args)
+        if logger is not None:
+            shards = sum(len(dataset_train.worker_shards(rank, w)) for w in range(dataset_train.workers))
+            logger.info(f'rank {rank}: {shards} of {len(dataset_train.shards)} training shards; '
+                        f'{dataset_train.batches_per_epoch} batches an epoch on every rank, '
+                        f'{dataset_train.images_left_out} of {sum(dataset_train.lengths)} images left out each epoch')
+        images = sum(dataset_train.lengths)
+    else:
+        rank_shards = config.DATA.RANK_SHARDS or (config.DATA.ZIP_MODE and config.DATA.CACHE_MODE == 'part')
+        sampler_train = EpochSampler(dataset_train, world_size, rank, config.SEED, config.DATA.BATCH_SIZE,
+                                     rank_shards)
+        loader_train = torch.utils.data.DataLoader(SeededSamples(dataset_train, config.SEED), sampler=sampler_train,
+                                                   batch_size=config.DATA.BATCH_SIZE, drop_last=True, **loader_args)
+        images = len(dataset_train)
+    per_epoch = train_epochs(loader_train).batches_per_epoch
     if per_epoch == 0:
-        raise DataError(f'{config.DATA.DATA_PATH} has {len(dataset_train)} training images, '
-                        f'{len(sampler_train)} per process: fewer than one batch of {config.DATA.BATCH_SIZE}')
+        raise DataError(f'{config.DATA.DATA_PATH} has {images} training images: fewer than one batch of '
+                        f'{config.DATA.BATCH_SIZE} per process (and loader worker, for shards)')
     if config.TRAIN.ACCUMULATION_STEPS > per_epoch:
         raise DataError(f'TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {per_epoch} '
                         'batches of an epoch per process: the optimizer would never step')
     return dataset_train, dataset_val, loader_train, loader_val, build_mixup(config)
+
+
+def train_epochs(loader: torch.utils.data.DataLoader):
+    """What plans the training loader's epochs: its EpochSampler, or the ShardStream itself. Both have
+    ``batches_per_epoch``, ``set_epoch(epoch, start_batch)`` and ``resumes_mid_epoch``."""
+    return loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
 
 
 def build_mixup(config) -> Optional[Mixup]:
