@@ -54,6 +54,10 @@ CASES = [
                base=['--out', 'x.onnx'])),
     # tools/folder_to_zip.py
     ('tools/folder_to_zip.py', ['/nonexistent/imagenet', '/tmp/zipped'], '/nonexistent/imagenet/train'),
+    # tools/folder_to_shards.py
+    ('tools/folder_to_shards.py', ['/nonexistent/imagenet', 'out', '--format', 'wds'], '/nonexistent/imagenet/train'),
+    ('tools/folder_to_shards.py', [ROOT, 'out', '--format', 'parquet', '--shard-size', '0'], '--shard-size'),
+    ('tools/folder_to_shards.py', [ROOT, 'out', '--format', 'tfrecord'], "argument --format: invalid choice"),
     # tools/image_demo.py
     ('tools/image_demo.py', ['/nonexistent/photo.jpg', DET_CONFIG, OFFICIAL, '--out-dir', 'o'],
      '/nonexistent/photo.jpg'),

@@ -67,9 +67,18 @@ def check_source(root: str, eval_only: bool) -> None:
                                 f'{SPLIT_NAMES[split][0]}-*.parquet, as the hub names them)')
             for path in files:
                 try:
-                    pq.read_metadata(path)
+                    columns = pq.read_schema(path).names
                 except Exception as e:  # pyarrow raises ArrowInvalid, OSError...: the file is unusable
                     raise DataError(f'{path} is not a readable parquet file ({str(e).splitlines()[0]})') from None
+                check_columns(path, columns)
+
+
+def check_columns(where: str, columns: List[str]) -> None:
+    """Both columns are there (``datasets`` would fill a column one file lacks with nulls)."""
+    missing = [c for c in (IMAGE_COLUMN, LABEL_COLUMN) if c not in columns]
+    if missing:
+        raise DataError(f'{where}: no {" and no ".join(repr(m) for m in missing)} column (it has '
+                        f'{", ".join(columns)})')
 
 
 class HubImageDataset(torch.utils.data.Dataset):
@@ -80,14 +89,14 @@ class HubImageDataset(torch.utils.data.Dataset):
         self.root, self.transform, self.mode = root, transform, mode
         self.dataset, self.where = _load_split(root, split)
         self._file_ends = None
-        columns = self.dataset.column_names
-        missing = [c for c in (IMAGE_COLUMN, LABEL_COLUMN) if c not in columns]
-        if missing:
-            raise DataError(f'{self._name()}: no {" and no ".join(repr(m) for m in missing)} column (it has '
-                            f'{", ".join(columns)})')
+        check_columns(self._name(), self.dataset.column_names)
         import datasets
         self.dataset = self.dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        labels = np.asarray(self.dataset.data.column(LABEL_COLUMN).to_numpy(zero_copy_only=False))
+        column = self.dataset.data.column(LABEL_COLUMN)
+        if column.null_count:
+            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f'{self._row_name(row)}: no label')
+        labels = np.asarray(column.to_numpy(zero_copy_only=False))
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
         if bad.size:
             row = int(bad[0])

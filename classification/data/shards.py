@@ -99,9 +99,10 @@ def shard_samples(path: str, num_classes: int) -> Iterator[Tuple[str, bytes, int
 
     def finish():
         image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
-        if image is None or 'cls' not in parts:
-            lacking = 'an image (.jpg, .jpeg, .png or .webp)' if image is None else 'a label (.cls)'
-            raise DataError(f'{path}: sample {key} has no {lacking}')
+        if image is None:
+            raise DataError(f'{path}: sample {key} has no image (.jpg, .jpeg, .png or .webp)')
+        if 'cls' not in parts:
+            raise DataError(f'{path}: sample {key} has no label (.cls)')
         text = parts['cls'].decode('utf-8', 'replace').strip()
         if not text.lstrip('-').isdigit() or not 0 <= int(text) < num_classes:
             raise DataError(f'{path}: sample {key}: label {text!r} is out of range for MODEL.NUM_CLASSES '
