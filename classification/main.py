@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from classification.cli import exit_with_error
 from classification.config import ConfigError, get_config, optimizer_name, scale_learning_rates, total_batch
-from classification.data import (DataError, batches, build_loader, derived_seed, input_channels, seed_everything,
+from classification.data import (BatchNormalize, DataError, batches, build_loader, derived_seed, input_channels, seed_everything,
                                  train_epochs)
 from classification.data.build import check_data_path
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
@@ -271,6 +271,7 @@ class Trainer:
         self.scheduler = None if self.eval_only else build_scheduler(config, self.optimizer, self.batches_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.criterion = build_criterion(config, self.mixup_fn)
+        self.normalize = BatchNormalize(config)  # the validation loader's uint8 batches, on their device
         self.start_epoch, self.start_step = config.TRAIN.START_EPOCH, 0
         self.max_accuracy = self.max_accuracy_ema = 0.0
         self.writer = SummaryWriter(config.OUTPUT) if rank == 0 and not self.eval_only else None
@@ -447,7 +448,7 @@ class Trainer:
         start, loader = time.time(), self.loader_val
         with batches(loader) as stream:
             for idx, (images, targets) in enumerate(stream):
-                images = images.to(device, non_blocking=True)
+                images = self.normalize(images.to(device, non_blocking=True))
                 targets = targets.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp and device.type == 'cuda'):
                     output = model(images).float()
@@ -488,7 +489,7 @@ class Trainer:
             model = torch.compile(model)
         with batches(self.loader_val) as stream:
             images, _ = next(stream)
-        images = images.to(self.device)
+        images = self.normalize(images.to(self.device))
         cuda = self.device.type == 'cuda'
         warmup, timed = (50, 30) if cuda else (3, 10)
         for _ in range(warmup):

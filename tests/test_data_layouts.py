@@ -261,3 +261,22 @@ def test_a_hub_name_without_network_is_one_line(layouts, tmp_path, offline, monk
         monkeypatch.setattr(module, 'HF_HUB_OFFLINE', True)
     main_error(_argv(layouts, 'hfds', 'ILSVRC/imagenet-1k', tmp_path), 'ILSVRC/imagenet-1k: not a local folder, and '
                'the Hugging Face hub could not provide it')
+
+
+@pytest.mark.parametrize('opts', [[], ['DATA.IMG_SIZE', '32'], ['MODEL.VHEAT.IN_CHANS', '1']],
+                         ids=['224', '32 px rule', 'one channel'])
+def test_evaluation_normalised_on_the_batch_is_bit_exact(layouts, opts):
+    """The validation loader's uint8 batches, normalised where the model is, hold the very values of per-image
+    ToTensor + Normalize."""
+    from types import SimpleNamespace
+    from PIL import Image
+    from classification.config import get_config
+    from classification.data import BatchNormalize, build_transform
+    config = get_config(SimpleNamespace(cfg=os.path.join(ROOT, 'classification/configs/vHeat/vHeat_tiny_224.yaml'),
+                                        opts=opts))
+    folder = os.path.join(layouts['folder'], 'val', 'a')
+    mode = 'L' if opts[-1:] == ['1'] else 'RGB'
+    images = [Image.open(os.path.join(folder, f)).convert(mode) for f in sorted(os.listdir(folder))]
+    per_image = torch.stack([build_transform(config, False)(image) for image in images])
+    uint8 = torch.stack([build_transform(config, False, normalize=False)(image) for image in images])
+    assert uint8.dtype == torch.uint8 and torch.equal(BatchNormalize(config)(uint8), per_image)

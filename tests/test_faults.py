@@ -342,9 +342,11 @@ def test_sixteen_bit_folder_trains_and_a_link_loop_is_an_error(tmp_path):
     main_ok(['--cfg', str(cfg), '--data-path', str(data), '--output', str(tmp_path / 'out')])
     from types import SimpleNamespace
     from classification.config import get_config
-    from classification.data import build_dataset
-    val = build_dataset(get_config(SimpleNamespace(cfg=str(cfg), opts=['DATA.DATA_PATH', str(data)])), 'val', False)
-    means = [float(val[i][0].mean()) for i in range(len(val))]  # normalised; classes in order c0, c0, c1, ...
+    from classification.data import BatchNormalize, build_dataset
+    config = get_config(SimpleNamespace(cfg=str(cfg), opts=['DATA.DATA_PATH', str(data)]))
+    val = build_dataset(config, 'val', False)
+    normalize = BatchNormalize(config)
+    means = [float(normalize(val[i][0][None]).mean()) for i in range(len(val))]  # classes in order c0, c0, c1, ...
     assert means[0] < means[2] < means[4] and means[4] - means[0] > 2  # not clipped to one white
     os.symlink(data / 'train' / 'c0', data / 'train' / 'c0' / 'again')
     message = main_error(['--cfg', str(cfg), '--data-path', str(data), '--output', str(tmp_path / 'out')])
