@@ -3,6 +3,7 @@ Swin-Transformer's main.py, with the official vHeat trainer's command line.
 
     python classification/main.py --cfg classification/configs/vHeat/vHeat_tiny_224.yaml --data-path DATA
     python -m torch.distributed.launch --nproc_per_node=8 classification/main.py ...   # or torchrun
+    srun --ntasks-per-node=8 --gres=gpu:8 python classification/main.py ...           # one task per GPU (SLURM)
     python classification/main.py --cfg ... --data-path DATA --eval --resume vHeat_tiny.pth [--model_ema False]
 """
 import argparse

@@ -38,8 +38,8 @@ CASES = [
     ('tools/compare_real.py', ['--data-path', '/nonexistent/fashion-mnist'], '/nonexistent/fashion-mnist'),
     ('tools/compare_real.py', ['--models', 'vheat', 'alexnet'], "--models: unknown value 'alexnet'"),
     ('tools/compare_real.py', ['--budget-minutes', '0'], '--budget-minutes'),
-    # tools/count_downstream_params.py
-    ('tools/count_downstream_params.py', [MISSING], MISSING),
+    # tools/downstream_complexity.py
+    ('tools/downstream_complexity.py', [MISSING], MISSING),
     # tools/demo3d.py
     ('tools/demo3d.py', ['--task', 'painting'], "argument --task: invalid choice: 'painting'"),
     *(_numbers('tools/demo3d.py', ['--train', '--test', '--epochs', '--batch', '--dims', '--lr', '--budget'],

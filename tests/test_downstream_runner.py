@@ -300,3 +300,65 @@ def test_kill_during_a_checkpoint_write_leaves_a_resumable_run(detection_config,
     assert not (tmp_path / 'iter_2.pth').exists()  # max_keep_ckpts=1, removed once iter_4.pth was complete
     import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     assert torch.load(tmp_path / 'iter_4.pth', weights_only=True)['meta']['iter'] == 4
+
+
+LIBRARY_TOOLS = r'''
+import json, os, runpy, sys
+for script, argv in json.loads(sys.argv[1]):
+    sys.argv = [script] + argv
+    try:
+        runpy.run_path(script, run_name='__main__')
+    except SystemExit as e:
+        assert not e.code, (script, e.code)
+    print(f'=== done {os.path.basename(script)}', flush=True)
+'''
+
+
+def _library_tools(package: str, runs) -> str:
+    """The library's analysis tools as installed (``<package>/.mim/tools/analysis_tools/``), run one after another in
+    one process with PYTHONPATH=. (the configs' custom_imports); what they printed."""
+    import importlib
+    import json
+    tools = os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'tools', 'analysis_tools')
+    calls = [(os.path.join(tools, name), [str(a) for a in argv]) for name, argv in runs]
+    result = subprocess.run([sys.executable, '-c', LIBRARY_TOOLS, json.dumps(calls)], cwd=ROOT,
+                            env=dict(_env(), PYTHONPATH=ROOT), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.count('=== done') == len(calls)
+    return result.stdout + result.stderr
+
+
+def test_the_libraries_analysis_tools_run_on_these_configs(detection_config, segmentation_config, trained_detector,
+                                                           trained_segmentor, tmp_path):
+    """mmdet's get_flops.py, browse_dataset.py, analyze_logs.py plot_curve, confusion_matrix.py and benchmark.py
+    (its dataloader task: inference needs CUDA), and mmseg's benchmark.py and analyze_logs.py, on the trained tiny
+    models and their logs. (mmseg's get_flops.py --shape fails in mmengine 0.10.7, see docs/downstream.md.)"""
+    from mmengine.config import Config
+    analysis = tmp_path / 'analysis.py'  # get_flops.py reads the val loader, which the tiny config leaves out
+    test_loader = Config.fromfile(detection_config).test_dataloader.to_dict()
+    analysis.write_text(f"_base_ = [{detection_config!r}]\nval_dataloader = {dict(test_loader, _delete_=True)!r}\n")
+    predictions = tmp_path / 'predictions.pkl'
+    _run('dist_test.sh', detection_config, str(trained_detector / 'iter_2.pth'), '1', '--work-dir',
+         str(tmp_path / 'test'), '--out', str(predictions))
+    det_log, = glob.glob(str(trained_detector / '*' / 'vis_data' / '2*.json'))
+    seg_log, = glob.glob(str(trained_segmentor / '*' / 'vis_data' / '2*.json'))
+    printed = _library_tools('mmdet', [
+        ('get_flops.py', [analysis, '--num-images', 2]),
+        ('browse_dataset.py', [detection_config, '--output-dir', tmp_path / 'browse', '--not-show']),
+        ('analyze_logs.py', ['plot_curve', det_log, '--keys', 'loss', '--out', tmp_path / 'det_loss.png']),
+        ('confusion_matrix.py', [detection_config, predictions, tmp_path / 'confusion']),
+        ('benchmark.py', [detection_config, '--task', 'dataloader', '--num-warmup', 0, '--log-interval', 1,
+                          '--max-iter', 2])])
+    assert re.search(r'Input shape: \(64, 64\)\nFlops: [\d.]+G\nParams: [\d.]+M', printed), printed[-3000:]
+    assert 'Overall fps:' in printed
+    assert sorted(os.listdir(tmp_path / 'browse')) == ['00000.jpg', '00001.jpg', '00002.jpg', '00003.jpg']
+    for image in ('det_loss.png', 'confusion/confusion_matrix.png'):
+        assert (tmp_path / image).stat().st_size > 1000, image
+    ade = tmp_path / 'ade'  # benchmark.py averages over its first 200 images
+    shapes_dataset.make_ade(str(ade), num_train=1, num_val=200, size=64)
+    config = shapes_dataset.segmentation_config(str(ade / 'config.py'), str(ade), max_iters=2, size=64)
+    printed = _library_tools('mmseg', [
+        ('benchmark.py', [config, trained_segmentor / 'iter_2.pth', '--log-interval', 1]),
+        ('analyze_logs.py', [seg_log, '--keys', 'loss', '--out', tmp_path / 'seg_loss.png'])])
+    assert re.search(r'Average fps of 1 evaluations: [\d.]+\b', printed), printed[-3000:]
+    assert (tmp_path / 'seg_loss.png').stat().st_size > 1000
