@@ -98,12 +98,12 @@ def input_shape(model) -> Tuple[int, int]:
     return SEGMENTATION_SHAPE if not hasattr(model, 'roi_head') else DETECTION_SHAPE
 
 
-def flops(model, shape: Tuple[int, int]) -> Dict[str, float]:
+def flops(model, shape: Tuple[int, int], proposals: int = 1000, masks: int = 100) -> Dict[str, float]:
     """GFLOPs of the counted pass on a (1, 3, *shape) input: the project's counter and mmengine's."""
     from mmengine.analysis import get_model_complexity_info
     from mmengine.logging import MMLogger
     from classification.models.flops import flop_count
-    counted = CountedPass(model).eval()
+    counted = CountedPass(model, proposals, masks).eval()
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.ERROR)  # mmengine's counter warns of every op it has no handle for
