@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tarfile
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -155,7 +154,7 @@ def test_shards_give_each_training_image_once_per_epoch_across_two_ranks(layouts
     folder = os.path.join(layouts['folder'], 'train')
     everything = sorted(bytes(PILToTensor()(Image.open(os.path.join(folder, c, f)).convert('RGB')).numpy())
                         for c in sorted(os.listdir(folder)) for f in os.listdir(os.path.join(folder, c)))
-    seen, orders = [], []
+    seen = []
     for rank in range(2):
         stream = ShardStream(shards, lengths, 3, PILToTensor(), 4, True, 0, rank, 2, workers=2, shuffle_buffer=8)
         assert stream.batches_per_epoch == 6 and stream.images_left_out == 0

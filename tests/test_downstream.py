@@ -1,5 +1,4 @@
 """Downstream backbone adapters, configs and checkpoint conversion (fast; no training)."""
-import glob
 import os
 import subprocess
 import sys

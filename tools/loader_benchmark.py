@@ -16,7 +16,6 @@ The cores-per-GPU estimate: vHeat-T's training step at the paper's A100 throughp
 a training step about a third of that) divided by the training loader's images/s per core (one worker).
 """
 import argparse
-import io
 import os
 import platform
 import statistics
