@@ -31,8 +31,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from classification.cli import exit_with_error
 from classification.config import ConfigError, get_config, optimizer_name, scale_learning_rates, total_batch
-from classification.data import (BatchNormalize, DataError, batches, build_loader, derived_seed, input_channels, seed_everything,
-                                 train_epochs)
+from classification.data import (BatchNormalize, DataError, batches, build_loader, derived_seed, input_channels,
+                                 seed_everything, train_epochs)
 from classification.data.build import check_data_path
 from classification.models import UnsafeCheckpointError, build_model, enable_cpu_streaming
 from classification.models.flops import flop_count, param_count
@@ -440,8 +440,8 @@ class Trainer:
     def validate(self, model: torch.nn.Module, name: str = 'model') -> Tuple[float, float, float, int]:
         """Top-1/top-5 accuracy (%), loss and the number of images counted on the val split. Each process evaluates
         its own shard (every image on exactly one process, see ``ShardSampler`` and ``ShardStream``) and the sums are
-        all-reduced once: the result and the image count do not depend on the number of processes. The images go where the model is (the EMA may be kept on
-        the CPU, ``--model_ema_force_cpu``)."""
+        all-reduced once: the result and the image count do not depend on the number of processes. The images go
+        where the model is (the EMA may be kept on the CPU, ``--model_ema_force_cpu``)."""
         model.eval()
         topk = (1, min(5, self.config.MODEL.NUM_CLASSES))
         device = next(model.parameters()).device

@@ -54,7 +54,8 @@ def code_spans(doc: str):
         if line.strip().startswith('```'):
             fenced = not fenced
             continue
-        if fenced or pending is not None or line.startswith('    ') and not line.lstrip().startswith(('- ', '| ', '* ')):
+        indented = line.startswith('    ') and not line.lstrip().startswith(('- ', '| ', '* '))  # not a list item
+        if fenced or pending is not None or indented:
             text = line.strip()
             if pending is not None:
                 pending = (pending[0], pending[1] + ' ' + text.rstrip('\\'))

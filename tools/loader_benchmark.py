@@ -187,7 +187,8 @@ def main(argv=None) -> None:
         started = time.time()
         kilobytes = make_images(os.path.join(root, 'folder'), args.images)
         layouts = write_layouts(root)
-        print(f'{args.images} training images of {kilobytes:.0f} KB on average, written in {time.time() - started:.0f} s')
+        print(f'{args.images} training images of {kilobytes:.0f} KB on average, written in '
+              f'{time.time() - started:.0f} s')
         runs = {(layout, kind, workers): [] for layout in args.layouts for kind in KINDS for workers in args.workers}
         for round_index in range(args.rounds):
             for (layout, kind, workers), measured in runs.items():

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Usage: [GPUS=8 GPUS_PER_NODE=8 CPUS_PER_TASK=5 SRUN_ARGS=...] tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [args]
+# Usage: [GPUS=8 GPUS_PER_NODE=8 CPUS_PER_TASK=5 SRUN_ARGS=...] \
+#          tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [args]
 # mmdetection's slurm_train.sh for every trainer here (variables: tools/slurm_common.sh):
 #   CONFIG.yaml  classification/main.py --cfg CONFIG --output WORK_DIR [args]       (the ImageNet trainer)
 #   CONFIG.py    tools/train.py CONFIG --work-dir WORK_DIR --launcher slurm [args]   (Mask R-CNN, UperNet)
@@ -14,7 +15,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -f "$ROOT/tools/slurm_common.sh" ] && [ -n "${SLURM_JOB_ID:-}" ]; then  # sbatch runs a copy of the script
   ROOT=$(cd "$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")/.." && pwd)
 fi
-[ $# -ge 4 ] || { printf 'error: usage: tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [args]\n' >&2; exit 1; }
+usage='usage: tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [args]'
+[ $# -ge 4 ] || { printf 'error: %s\n' "$usage" >&2; exit 1; }
 . "$ROOT/tools/slurm_common.sh"
 PARTITION=$1
 JOB_NAME=$2

@@ -74,8 +74,7 @@ def build_dataset(config, split: str, is_training: bool, rank: int = 0, world_si
     if config.DATA.DATASET == 'hfds':
         return HubImageDataset(path, split, config.MODEL.NUM_CLASSES, transform, mode)
     if config.DATA.DATASET == 'wds':
-        shards, lengths, classes = split_shards(path, split, config.DATA.WDS.TRAIN if split == 'train' else
-                                                config.DATA.WDS.VAL)
+        shards, lengths, classes = split_shards(path, split, shard_pattern(config, split))
         return ShardStream(shards, lengths or [count_samples(s) for s in shards], config.MODEL.NUM_CLASSES, transform,
                            config.DATA.BATCH_SIZE, is_training, config.SEED, rank, world_size,
                            config.DATA.NUM_WORKERS, config.DATA.WDS.SHUFFLE_BUFFER, mode, classes)
@@ -95,6 +94,11 @@ def build_dataset(config, split: str, is_training: bool, rank: int = 0, world_si
         raise DataError(f'{root}: {e}') from None
 
 
+def shard_pattern(config, split: str) -> str:
+    """The brace pattern of ``split``'s WebDataset shards ('': from ``_info.json``)."""
+    return config.DATA.WDS.TRAIN if split == 'train' else config.DATA.WDS.VAL
+
+
 def check_data_path(config, eval_only: bool) -> None:
     """That the data are where the config says, before the run writes anything: the split folders, the zip files
     and their maps, or a standard data set's files (a DataError naming what is missing)."""
@@ -106,7 +110,7 @@ def check_data_path(config, eval_only: bool) -> None:
         return check_source(path, eval_only)
     if config.DATA.DATASET == 'wds':
         for split in splits:
-            split_shards(path, split, config.DATA.WDS.TRAIN if split == 'train' else config.DATA.WDS.VAL)
+            split_shards(path, split, shard_pattern(config, split))
         return
     if config.DATA.DATASET != 'imagenet':
         from .standard import HOW_TO_GET
