@@ -41,7 +41,8 @@ def first_host(nodelist: str) -> str:
 
 
 def job_port(job_id: int, step_id: int) -> int:
-    """A rendezvous port for one step of one job: two runs on a node differ unless their ids are 12000 apart."""
+    """A rendezvous port for one step of one job: steps 0 to 7 of a job get their own; jobs whose ids differ by a
+    multiple of 1500 get the same ones."""
     return PORT_BASE + (job_id * 8 + step_id) % PORT_SPAN
 
 

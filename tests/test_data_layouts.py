@@ -166,7 +166,7 @@ def test_shards_give_each_training_image_once_per_epoch_across_two_ranks(layouts
     assert len(seen) == 48 and sorted(seen) == everything
 
 
-def test_uneven_shards_keep_the_ranks_in_step_and_say_what_is_left_out(layouts, tmp_path):
+def test_uneven_shards_keep_the_ranks_in_step_and_say_what_is_left_out(layouts):
     from classification.data.shards import ShardStream, split_shards
     shards, lengths, _ = split_shards(layouts['wds'], 'train', 'train-{000000..000002}.tar')  # 3 shards, 2 ranks
     streams = [ShardStream(shards, lengths, 3, None, 4, True, 0, rank, 2, workers=1) for rank in range(2)]

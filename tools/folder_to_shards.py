@@ -26,10 +26,10 @@ from typing import List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.cli import exit_on_errors, require_folder, require_positive, write_output  # noqa: E402
+from classification.data.hub import SPLIT_NAMES  # noqa: E402
 from classification.utils import commit_file  # noqa: E402
 from folder_to_zip import SPLITS, folder_samples  # noqa: E402
 
-HUB_SPLIT_NAMES = {'train': 'train', 'val': 'validation'}
 
 
 def chunks(samples: List[Tuple[str, int]], size: int) -> List[List[Tuple[str, int]]]:
@@ -44,7 +44,7 @@ def write_parquet(root: str, out: str, split: str, shard_size: int) -> List[str]
     features = {'image': {'_type': 'Image'}, 'label': {'names': classes, '_type': 'ClassLabel'}}
     schema = pa.schema([('image', pa.struct([('bytes', pa.binary()), ('path', pa.string())])),
                         ('label', pa.int64())], metadata={'huggingface': json.dumps({'info': {'features': features}})})
-    name, parts = HUB_SPLIT_NAMES[split], chunks(samples, shard_size)
+    name, parts = SPLIT_NAMES[split][0], chunks(samples, shard_size)
     os.makedirs(os.path.join(out, 'data'), exist_ok=True)
     paths = []
     for index, part in enumerate(parts):
@@ -64,7 +64,7 @@ def write_wds(root: str, out: str, split: str, shard_size: int) -> dict:
     """The tar shards of one split; its entry of ``_info.json``."""
     from webdataset import TarWriter
     classes, samples = folder_samples(os.path.join(root, split))
-    name = HUB_SPLIT_NAMES[split]
+    name = SPLIT_NAMES[split][0]
     os.makedirs(out, exist_ok=True)
     filenames, lengths = [], []
     for index, part in enumerate(chunks(samples, shard_size)):
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
                 paths = write_parquet(args.folder, args.out, split, args.shard_size)
                 print(f'{split}: {len(paths)} parquet files in {os.path.join(args.out, "data")}')
             else:
-                splits[HUB_SPLIT_NAMES[split]] = entry = write_wds(args.folder, args.out, split, args.shard_size)
+                splits[SPLIT_NAMES[split][0]] = entry = write_wds(args.folder, args.out, split, args.shard_size)
                 print(f'{split}: {entry["num_samples"]} images in {len(entry["filenames"])} shards in {args.out}')
         if splits:
             info = {'name': os.path.basename(os.path.abspath(args.out)), 'splits': splits}

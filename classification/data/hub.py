@@ -24,6 +24,7 @@ import torch
 from .images import DataError, decode_image
 
 IMAGE_COLUMN, LABEL_COLUMN = 'image', 'label'
+# the hub's split names first (what tools/folder_to_shards.py writes), then the other names read
 SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val')}
 
 

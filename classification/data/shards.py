@@ -15,6 +15,7 @@ shards divide evenly among the processes (the log says how many it leaves out ot
 image exactly once. A stream cannot be entered mid-epoch: a run stopped mid-epoch resumes at the start of that
 epoch (the trainer logs it).
 """
+import itertools
 import json
 import os
 import random
@@ -24,10 +25,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import default_collate
 
+from .hub import SPLIT_NAMES
 from .images import DataError, decode_image
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
-SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val')}
 INFO_FILE = '_info.json'
 
 
@@ -133,7 +134,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.num_classes, self.transform, self.batch_size, self.training = num_classes, transform, batch_size, training
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers, self.shuffle_buffer, self.mode, self.classes = max(1, workers), shuffle_buffer, mode, classes
-        self.starts = [sum(self.lengths[:i]) for i in range(len(self.lengths))]  # each shard's first sample index
+        self.starts = list(itertools.accumulate(self.lengths, initial=0))[:-1]  # each shard's first sample index
         self.epoch = 0
         per_rank = [sum(self._full_batches(r, w) for w in range(self.workers)) for r in range(world_size)]
         self.batches_per_epoch = min(per_rank) if training else per_rank[rank]
