@@ -6,12 +6,13 @@ from yacs.config import CfgNode as CN
 
 from classification.data import DATASETS
 from classification.data.zipdata import CACHE_MODES
+from classification.models.errors import VHeatError
 
 SCHEDULERS = ('cosine', 'linear', 'step', 'multistep')
 OFFICIAL_OPTIMIZERS = {'fused_adam': 'fusedadam', 'fused_lamb': 'fusedlamb'}  # apex's, under timm's names
 
 
-class ConfigError(ValueError):
+class ConfigError(VHeatError, ValueError):
     """The configuration file or a command-line override is invalid."""
 
 

@@ -15,12 +15,14 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ''):  # the official command line runs this file as a script: `classification` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from classification.cli import UsageError, exit_on_errors, require_file, require_positive  # noqa: E402
-from classification.models import IncompatibleCheckpointError, load_checkpoint  # noqa: E402
-from classification.models.vheat import resize_freq_embed  # noqa: E402
-from classification.utils import save_checkpoint  # noqa: E402
+from classification.core.cli import exit_on_errors, require_file, require_positive
+from classification.core.errors import UsageError
+from classification.core.fileio import save_checkpoint
+from classification.models import IncompatibleCheckpointError, find_state_dict, load_checkpoint
+from classification.models.vheat import resize_freq_embed
 
 FREQ_EMBED = re.compile(r'^(?:freq_embed\.(\d+)|stages\.(\d+)\.freq_embed)$')
 MIN_SIZE = 32  # the last of 4 stages has stride 32: its embedding needs at least one cell
@@ -62,10 +64,8 @@ def main(argv=None) -> None:
         for flag, size in (('--pt_size', args.pt_size), ('--tg_size', args.tg_size)):
             require_positive(size, flag, minimum=MIN_SIZE)  # one cell of frequency embedding at stride 32
         checkpoint = load_checkpoint(require_file(args.pt_pth, '--pt_pth', 'checkpoint'))
-        state_dict = checkpoint.get('model', checkpoint)
+        state_dict = find_state_dict(checkpoint, 'model', f'--pt_pth {args.pt_pth}')
         try:
-            if not isinstance(state_dict, dict):
-                raise IncompatibleCheckpointError(f"'model' holds a {type(state_dict).__name__}, not a state dict")
             state_dict = interpolate(state_dict, args.pt_size, args.tg_size, args.mode)
         except IncompatibleCheckpointError as e:
             raise UsageError(f'--pt_pth {args.pt_pth}: {e}') from None

@@ -7,7 +7,6 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
-sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope='session')

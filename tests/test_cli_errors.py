@@ -28,48 +28,48 @@ def _numbers(tool, flags, value='0', base=()):
 
 
 CASES = [
-    # tools/benchmark.py
-    ('tools/benchmark.py', ['--device', 'tpu'], '--device'),
-    *(_numbers('tools/benchmark.py', ['--batch-size', '--train-batch-size', '--img-size', '--hires-size',
+    # tools/analysis_tools/benchmark.py
+    ('tools/analysis_tools/benchmark.py', ['--device', 'tpu'], '--device'),
+    *(_numbers('tools/analysis_tools/benchmark.py', ['--batch-size', '--train-batch-size', '--img-size', '--hires-size',
                                       '--hires-batch-size', '--rounds', '--sweep-batch', '--volume-channels',
                                       '--volume-budget'])),
-    *(_numbers('tools/benchmark.py', ['--warmup', '--threads'], value='-1')),
-    # tools/compare_real.py
-    ('tools/compare_real.py', ['--data-path', '/nonexistent/fashion-mnist'], '/nonexistent/fashion-mnist'),
-    ('tools/compare_real.py', ['--models', 'vheat', 'alexnet'], "--models: unknown value 'alexnet'"),
-    ('tools/compare_real.py', ['--budget-minutes', '0'], '--budget-minutes'),
-    # tools/downstream_complexity.py
-    ('tools/downstream_complexity.py', [MISSING], MISSING),
-    # tools/demo3d.py
-    ('tools/demo3d.py', ['--task', 'painting'], "argument --task: invalid choice: 'painting'"),
-    *(_numbers('tools/demo3d.py', ['--train', '--test', '--epochs', '--batch', '--dims', '--lr', '--budget'],
+    *(_numbers('tools/analysis_tools/benchmark.py', ['--warmup', '--threads'], value='-1')),
+    # tools/analysis_tools/compare_real.py
+    ('tools/analysis_tools/compare_real.py', ['--data-path', '/nonexistent/fashion-mnist'], '/nonexistent/fashion-mnist'),
+    ('tools/analysis_tools/compare_real.py', ['--models', 'vheat', 'alexnet'], "--models: unknown value 'alexnet'"),
+    ('tools/analysis_tools/compare_real.py', ['--budget-minutes', '0'], '--budget-minutes'),
+    # tools/analysis_tools/downstream_complexity.py
+    ('tools/analysis_tools/downstream_complexity.py', [MISSING], MISSING),
+    # tools/misc/demo3d.py
+    ('tools/misc/demo3d.py', ['--task', 'painting'], "argument --task: invalid choice: 'painting'"),
+    *(_numbers('tools/misc/demo3d.py', ['--train', '--test', '--epochs', '--batch', '--dims', '--lr', '--budget'],
                base=['--task', 'video'])),
-    # tools/downstream_learning_check.py
-    ('tools/downstream_learning_check.py', ['--task', 'pose'], "argument --task: invalid choice: 'pose'"),
-    ('tools/downstream_learning_check.py', ['--task', 'det', '--minutes', '0'], '--minutes'),
-    # tools/export_onnx.py
-    ('tools/export_onnx.py', ['--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
-    ('tools/export_onnx.py', ['--checkpoint', MISSING, '--out', 'x.onnx'], MISSING),
-    *(_numbers('tools/export_onnx.py', ['--img-size', '--check-batch', '--batch', '--rounds', '--atol'],
+    # tools/analysis_tools/downstream_learning_check.py
+    ('tools/analysis_tools/downstream_learning_check.py', ['--task', 'pose'], "argument --task: invalid choice: 'pose'"),
+    ('tools/analysis_tools/downstream_learning_check.py', ['--task', 'det', '--minutes', '0'], '--minutes'),
+    # tools/deployment/export_onnx.py
+    ('tools/deployment/export_onnx.py', ['--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
+    ('tools/deployment/export_onnx.py', ['--checkpoint', MISSING, '--out', 'x.onnx'], MISSING),
+    *(_numbers('tools/deployment/export_onnx.py', ['--img-size', '--check-batch', '--batch', '--rounds', '--atol'],
                base=['--out', 'x.onnx'])),
-    # tools/folder_to_zip.py
-    ('tools/folder_to_zip.py', ['/nonexistent/imagenet', '/tmp/zipped'], '/nonexistent/imagenet/train'),
-    # tools/folder_to_shards.py
-    ('tools/folder_to_shards.py', ['/nonexistent/imagenet', 'out', '--format', 'wds'], '/nonexistent/imagenet/train'),
-    ('tools/folder_to_shards.py', [ROOT, 'out', '--format', 'parquet', '--shard-size', '0'], '--shard-size'),
-    ('tools/folder_to_shards.py', [ROOT, 'out', '--format', 'tfrecord'], "argument --format: invalid choice"),
-    # tools/image_demo.py
-    ('tools/image_demo.py', ['/nonexistent/photo.jpg', DET_CONFIG, OFFICIAL, '--out-dir', 'o'],
+    # tools/dataset_converters/folder_to_zip.py
+    ('tools/dataset_converters/folder_to_zip.py', ['/nonexistent/imagenet', '/tmp/zipped'], '/nonexistent/imagenet/train'),
+    # tools/dataset_converters/folder_to_shards.py
+    ('tools/dataset_converters/folder_to_shards.py', ['/nonexistent/imagenet', 'out', '--format', 'wds'], '/nonexistent/imagenet/train'),
+    ('tools/dataset_converters/folder_to_shards.py', [ROOT, 'out', '--format', 'parquet', '--shard-size', '0'], '--shard-size'),
+    ('tools/dataset_converters/folder_to_shards.py', [ROOT, 'out', '--format', 'tfrecord'], "argument --format: invalid choice"),
+    # tools/misc/image_demo.py
+    ('tools/misc/image_demo.py', ['/nonexistent/photo.jpg', DET_CONFIG, OFFICIAL, '--out-dir', 'o'],
      '/nonexistent/photo.jpg'),
-    ('tools/image_demo.py', [IMAGE, '/nonexistent/config.py', OFFICIAL, '--out-dir', 'o'], '/nonexistent/config.py'),
-    ('tools/image_demo.py', [IMAGE, DET_CONFIG, MISSING, '--out-dir', 'o'], MISSING),
-    ('tools/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--device', 'gpu0'], '--device'),
-    ('tools/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--score-thr', '-1'], '--score-thr'),
-    # tools/predict.py
-    ('tools/predict.py', ['/nonexistent/photos', '--model', 'vheat_tiny', '--pretrained'], '/nonexistent/photos'),
-    ('tools/predict.py', [IMAGE, '--model', 'nonexistent', '--pretrained'], "--model: unknown model 'nonexistent'"),
-    ('tools/predict.py', [IMAGE, '--model', 'vheat_tiny', '--checkpoint', MISSING], MISSING),
-    *(_numbers('tools/predict.py', ['--topk', '--batch-size'], base=[IMAGE, '--model', 'vheat_tiny', '--pretrained'])),
+    ('tools/misc/image_demo.py', [IMAGE, '/nonexistent/config.py', OFFICIAL, '--out-dir', 'o'], '/nonexistent/config.py'),
+    ('tools/misc/image_demo.py', [IMAGE, DET_CONFIG, MISSING, '--out-dir', 'o'], MISSING),
+    ('tools/misc/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--device', 'gpu0'], '--device'),
+    ('tools/misc/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--score-thr', '-1'], '--score-thr'),
+    # tools/misc/predict.py
+    ('tools/misc/predict.py', ['/nonexistent/photos', '--model', 'vheat_tiny', '--pretrained'], '/nonexistent/photos'),
+    ('tools/misc/predict.py', [IMAGE, '--model', 'nonexistent', '--pretrained'], "--model: unknown model 'nonexistent'"),
+    ('tools/misc/predict.py', [IMAGE, '--model', 'vheat_tiny', '--checkpoint', MISSING], MISSING),
+    *(_numbers('tools/misc/predict.py', ['--topk', '--batch-size'], base=[IMAGE, '--model', 'vheat_tiny', '--pretrained'])),
     # tools/test.py, tools/train.py
     ('tools/test.py', ['/nonexistent/config.py', OFFICIAL], '/nonexistent/config.py'),
     ('tools/test.py', [DET_CONFIG, MISSING], MISSING),
@@ -77,13 +77,13 @@ CASES = [
     ('tools/train.py', [DET_CONFIG, '--resume', MISSING], MISSING),
     ('tools/train.py', [DET_CONFIG, '--launcher', 'slurm'], '--launcher slurm: this process was not started by srun'),
     ('tools/test.py', [DET_CONFIG, OFFICIAL, '--launcher', 'slurm'], '--launcher slurm: this process was not started'),
-    # tools/visualize_erf.py, tools/visualize_heat.py
-    ('tools/visualize_erf.py', ['--image', '/nonexistent/photo.jpg'], '/nonexistent/photo.jpg'),
-    ('tools/visualize_erf.py', ['--checkpoint', f'vheat_tiny={MISSING}'], MISSING),
-    ('tools/visualize_erf.py', ['--checkpoint', f'alexnet={OFFICIAL}'], "unknown value 'alexnet'"),
-    *(_numbers('tools/visualize_erf.py', ['--images', '--size'])),
-    ('tools/visualize_heat.py', ['--image', '/nonexistent/photo.jpg'], '/nonexistent/photo.jpg'),
-    ('tools/visualize_heat.py', ['--kt', '4', '-1'], '--kt'),
+    # tools/visualization/visualize_erf.py, tools/visualization/visualize_heat.py
+    ('tools/visualization/visualize_erf.py', ['--image', '/nonexistent/photo.jpg'], '/nonexistent/photo.jpg'),
+    ('tools/visualization/visualize_erf.py', ['--checkpoint', f'vheat_tiny={MISSING}'], MISSING),
+    ('tools/visualization/visualize_erf.py', ['--checkpoint', f'alexnet={OFFICIAL}'], "unknown value 'alexnet'"),
+    *(_numbers('tools/visualization/visualize_erf.py', ['--images', '--size'])),
+    ('tools/visualization/visualize_heat.py', ['--image', '/nonexistent/photo.jpg'], '/nonexistent/photo.jpg'),
+    ('tools/visualization/visualize_heat.py', ['--kt', '4', '-1'], '--kt'),
     # classification/
     ('classification/main.py', ['--cfg', CONFIG, '--data-path', '/nonexistent/data'], '/nonexistent/data'),
     ('classification/main.py', ['--cfg', '/nonexistent/config.yaml'], '/nonexistent/config.yaml'),
@@ -94,14 +94,13 @@ CASES = [
     ('classification/data/make_digits.py', ['/tmp/digits', '--size', '0'], '--size'),
 ]
 if NO_GPU:
-    CASES += [('tools/benchmark.py', ['--device', 'cuda'], '--device cuda: no CUDA GPU'),
-              ('tools/predict.py', [IMAGE, '--model', 'vheat_tiny', '--pretrained', '--device', 'cuda:0'],
+    CASES += [('tools/analysis_tools/benchmark.py', ['--device', 'cuda'], '--device cuda: no CUDA GPU'),
+              ('tools/misc/predict.py', [IMAGE, '--model', 'vheat_tiny', '--pretrained', '--device', 'cuda:0'],
                '--device cuda:0: no CUDA GPU')]
 
 
 def _load(tool: str):
-    """The tool's module (tools/ on the path, as when it runs)."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    """The tool's module, loaded from its file as when it runs."""
     name = 'cli_' + tool.replace('/', '_')[:-3]
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, tool))
@@ -133,7 +132,7 @@ def test_bad_input_is_one_error_line_naming_it(tool, argv, fragment, tmp_path, m
 
 
 COMMANDS = [
-    (['tools/export_onnx.py', '--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
+    (['tools/deployment/export_onnx.py', '--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
 ]
 SCRIPTS = [
     (['tools/dist_train.sh', '/nonexistent/config.py', '2'], 'CONFIG: file not found: /nonexistent/config.py'),
@@ -143,7 +142,7 @@ SCRIPTS = [
     (['tools/dist_test.sh', DET_CONFIG, OFFICIAL, '-2'], "GPUS must be a positive integer, got '-2'"),
     (['modelcard.sh', 'huge', 'train'], "unknown model size 'huge'"),
     (['modelcard.sh', 'tiny', 'fly'], "unknown action 'fly'"),
-    (['tools/make_figures.sh', '--fast'], 'unknown arguments: --fast'),
+    (['tools/visualization/make_figures.sh', '--fast'], 'unknown arguments: --fast'),
     (['tools/install.sh', '--everything'], 'unknown arguments: --everything'),
 ]
 

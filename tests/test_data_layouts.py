@@ -1,4 +1,4 @@
-"""ImageNet as the hub and clusters keep it: a generated folder written by tools/folder_to_shards.py as parquet files
+"""ImageNet as the hub and clusters keep it: a generated folder written by tools/dataset_converters/folder_to_shards.py as parquet files
 (and a save_to_disk folder) and as WebDataset shards. Parquet trains with the folder run's samples (the same
 weights) and resumes mid-epoch exactly; the shards give every training image once per epoch across 2 ranks and
 evaluation counts every image once; bad files are one line naming the file (and row or sample)."""
@@ -18,9 +18,7 @@ import torch
 
 from conftest import ROOT
 from test_trainer import MAIN, TINY_CONFIG, env, free_port, main_error, main_ok, make_folder
-
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import folder_to_shards  # noqa: E402
+from tools.dataset_converters import folder_to_shards
 
 
 @pytest.fixture(scope='module')
@@ -78,7 +76,7 @@ def test_tool_writes_the_hub_and_webdataset_layouts(layouts):
 def test_parquet_trains_with_the_folder_runs_samples(layouts, folder_run, tmp_path):
     parquet = _train(layouts, 'hfds', layouts['parquet'], tmp_path)
     _assert_same(folder_run, parquet)
-    assert parquet['classes'] == ['a', 'b', 'c']  # for tools/predict.py, as for folders
+    assert parquet['classes'] == ['a', 'b', 'c']  # for tools/misc/predict.py, as for folders
 
 
 def test_a_save_to_disk_folder_trains_like_its_parquet_files(layouts, folder_run, tmp_path):
@@ -90,7 +88,7 @@ def test_a_save_to_disk_folder_trains_like_its_parquet_files(layouts, folder_run
 
 def _stopped_by_sigterm_at(monkeypatch, step: int):
     """A real SIGTERM to this process while the trainer takes step ``step`` (counting from 1) of epoch 1."""
-    import classification.main as trainer
+    import classification.engine.stats as trainer
     add_loss = trainer.StepStats.add_loss
     calls = []
 
@@ -149,6 +147,7 @@ def test_shards_give_each_training_image_once_per_epoch_across_two_ranks(layouts
     image once, and the ranks take the same number of steps; another epoch, another order."""
     from PIL import Image
     from torchvision.transforms import PILToTensor
+
     from classification.data.shards import ShardStream, split_shards
     shards, lengths, _ = split_shards(layouts['wds'], 'train', '')
     folder = os.path.join(layouts['folder'], 'train')
@@ -268,7 +267,9 @@ def test_evaluation_normalised_on_the_batch_is_bit_exact(layouts, opts):
     """The validation loader's uint8 batches, normalised where the model is, hold the very values of per-image
     ToTensor + Normalize."""
     from types import SimpleNamespace
+
     from PIL import Image
+
     from classification.config import get_config
     from classification.data import BatchNormalize, build_transform
     config = get_config(SimpleNamespace(cfg=os.path.join(ROOT, 'classification/configs/vHeat/vHeat_tiny_224.yaml'),

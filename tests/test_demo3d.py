@@ -5,11 +5,9 @@ import sys
 import pytest
 import torch
 
+from classification.data.volumes import DIRECTIONS, SHAPES, moving_digits, shape_volumes
 from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import demo3d  # noqa: E402
-from volumes3d import DIRECTIONS, SHAPES, moving_digits, shape_volumes  # noqa: E402
+from tools.misc import demo3d
 
 
 def _centres(clips):

@@ -20,7 +20,7 @@ SCRIPT_TARGETS = {'tools/dist_train.sh': 'tools/train.py', 'tools/dist_test.sh':
                   'tools/demo.sh': 'classification/main.py'}
 SLURM_TARGETS = {'tools/slurm_train.sh': ('classification/main.py', 'tools/train.py'),
                  'tools/slurm_test.sh': ('classification/main.py', 'tools/test.py')}
-SHELL_FLAGS = {'tools/install.sh': {'--core'}, 'tools/make_figures.sh': {'--full'}, 'modelcard.sh': set()}
+SHELL_FLAGS = {'tools/install.sh': {'--core'}, 'tools/visualization/make_figures.sh': {'--full'}, 'modelcard.sh': set()}
 NOT_CHECKED = {'tools/test.sh'}  # its arguments go to pytest
 CONFIG_NAME = re.compile(r'^(mask_rcnn|upernet|vHeat_)[\w.\-]*\.(py|yaml)$')
 USER_FOLDERS = ('output/', 'work_dirs/', 'data/', 'checkpoints/')  # where runs write, or a user keeps things
@@ -83,7 +83,8 @@ def paths_in(text: str):
 def parser_flags(script: str) -> frozenset:
     """The option strings of every ``add_argument`` in ``script`` and in the project modules it takes them from."""
     flags = set()
-    sources = [script] + (['tools/mm_runner.py'] if 'mm_runner' in open(os.path.join(ROOT, script)).read() else [])
+    runner = 'classification/mm/runner.py'
+    sources = [script] + ([runner] if 'classification.mm.runner' in open(os.path.join(ROOT, script)).read() else [])
     for source in sources:
         tree = ast.parse(open(os.path.join(ROOT, source)).read())
         for node in ast.walk(tree):
@@ -227,7 +228,7 @@ def test_the_checks_find_what_is_wrong(tmp_path, monkeypatch):
     """A wrong path, flag, config and anchor in a page are each reported with the page's name and line."""
     page = os.path.join(ROOT, 'docs', '_broken_test_page.md')
     with open(page, 'w') as f:
-        f.write('# Broken\n\nSee `tools/no_such_tool.py`.\n\n    python tools/predict.py x.jpg --no-such-flag\n\n'
+        f.write('# Broken\n\nSee `tools/no_such_tool.py`.\n\n    python tools/misc/predict.py x.jpg --no-such-flag\n\n'
                 '`mask_rcnn_fpn_coco_huge.py` and [a link](model.md#no-such-heading).\n')
     try:
         problems = problems_of('docs/_broken_test_page.md')
@@ -235,7 +236,7 @@ def test_the_checks_find_what_is_wrong(tmp_path, monkeypatch):
         os.remove(page)
     assert problems == [
         'docs/_broken_test_page.md:3: no such path in the repository: tools/no_such_tool.py',
-        'docs/_broken_test_page.md:5: tools/predict.py does not accept --no-such-flag',
+        'docs/_broken_test_page.md:5: tools/misc/predict.py does not accept --no-such-flag',
         'docs/_broken_test_page.md:7: no config named mask_rcnn_fpn_coco_huge.py in classification/configs, '
         'detection/configs, segmentation/configs',
         'docs/_broken_test_page.md:7: link to a missing heading: model.md#no-such-heading (no #no-such-heading in '

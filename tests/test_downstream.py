@@ -16,10 +16,11 @@ MINI = dict(dims=16, depths=[1, 1, 2, 1], img_size=64, post_norm=False)
 
 
 def _registries():
-    import detection.vheat  # noqa: F401
-    import segmentation.vheat  # noqa: F401
     from mmdet.registry import MODELS as DET
     from mmseg.registry import MODELS as SEG
+
+    import detection.vheat  # noqa: F401
+    import segmentation.vheat  # noqa: F401
     return {'mmdet': DET, 'mmseg': SEG}
 
 
@@ -73,9 +74,9 @@ def test_out_indices_and_frozen_stages():
 
 def test_configs_build_with_paper_sizes():
     """Every config builds with its library's MODELS; vHeat-T sizes are the published ones (53M, 62M)."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    from downstream_complexity import build_model, count, default_configs
     from mmengine.config import Config
+
+    from tools.analysis_tools.downstream_complexity import build_model, count, default_configs
     configs = [p for p in default_configs() if os.path.relpath(p, ROOT).startswith(('detection', 'segmentation'))]
     assert len(configs) == 8
     sizes = {}
@@ -119,9 +120,10 @@ OFFICIAL_DOWNSTREAM = {
 def _official_names(variant: str, depths) -> dict:
     """Our backbone parameter names -> the official ones (the official out norms are ``outnorm<i>``)."""
     import json
-    from classification.models.vheat import _rename_official_key
+
+    from classification.models.vheat import rename_official_key
     layout = json.load(open(os.path.join(FIXTURES, 'official_vheat_layout.json')))[variant]['state_dict_train_mode']
-    names = {_rename_official_key(k): k for k in layout if not k.startswith('classifier')}
+    names = {rename_official_key(k): k for k in layout if not k.startswith('classifier')}
     names.update({f'out_norms.{i}.{p}': f'outnorm{i}.{p}' for i in range(len(depths)) for p in ('weight', 'bias')})
     return names
 
@@ -130,6 +132,7 @@ def _official_names(variant: str, depths) -> dict:
 def test_configs_resolve_to_the_official_recipe(path):
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
+
     from classification.models.backbone import vHeatBackbone
     recipe, backbone = OFFICIAL_DOWNSTREAM[path]
     cfg = Config.fromfile(os.path.join(ROOT, path))
@@ -219,10 +222,10 @@ def test_interpolate4downstream(tmp_path, mode, official_checkpoint):
 def test_train_flags_have_mmdets_meanings():
     """tools/train.py: --resume alone (the work dir's last checkpoint) and with a path, --auto-scale-lr; --amp
     without CUDA is one line saying it needs a GPU."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import train
     from mmengine.config import Config
-    from classification.cli import UsageError
+
+    from classification.core.errors import UsageError
+    from tools import train
     cfg = Config.fromfile(os.path.join(ROOT, 'detection', 'configs', 'vheat', 'mask_rcnn_fpn_coco_tiny.py'))
     train.apply_args(cfg, train.parse_args(['x.py', '--resume', '--auto-scale-lr']))
     assert (cfg.resume, cfg.load_from, cfg.auto_scale_lr.enable, cfg.auto_scale_lr.base_batch_size) == \
@@ -239,14 +242,14 @@ def test_train_flags_have_mmdets_meanings():
 
 
 def test_downstream_flops_count_the_dct_that_mmengines_counter_drops(tmp_path):
-    """tools/downstream_complexity.py's pass on a tiny Mask R-CNN: the project's count exceeds mmengine's by exactly
+    """tools/analysis_tools/downstream_complexity.py's pass on a tiny Mask R-CNN: the project's count exceeds mmengine's by exactly
     the DCT products' batch dimensions, which its matmul handle drops: the W-axis product of each 2-D DCT multiplies
     W x W matrices over H x C columns, counted (H - 1) x W^2 x C too low, twice a block (the transform and its
     inverse). The published sizes are what the tool counts at."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import shapes_dataset
-    from downstream_complexity import build_model, flops, input_shape
     from mmengine.config import Config
+
+    from classification.data import shapes as shapes_dataset
+    from tools.analysis_tools.downstream_complexity import build_model, flops, input_shape
     config = shapes_dataset.detection_config(str(tmp_path / 'config.py'), str(tmp_path), max_iters=1, size=64)
     model = build_model(Config.fromfile(config)).eval()
     assert input_shape(model) == (1280, 800)

@@ -1,6 +1,6 @@
 """End to end on CPU: tools/dist_train.sh and tools/dist_test.sh (COCO bbox/segm mAP by pycocotools, mIoU with and
 without --tta) on tiny generated data sets; checkpoints in the official release's layout (tools/test.py --out and
---show-dir, load_from, --resume PATH, tools/image_demo.py); foreign checkpoints refused; a kill during a checkpoint
+--show-dir, load_from, --resume PATH, tools/misc/image_demo.py); foreign checkpoints refused; a kill during a checkpoint
 write."""
 import glob
 import os
@@ -19,8 +19,7 @@ from official_layout import official_runner_checkpoint, save_as_numpy1
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import shapes_dataset  # noqa: E402
+from classification.data import shapes as shapes_dataset  # noqa: E402
 
 _PORT = iter(range(29610, 29700))
 # the config the Runner logs: with --tta the model is SegTTAModel wrapping the segmentor as its `module`
@@ -88,7 +87,7 @@ def trained_segmentor(segmentation_config, tmp_path_factory):
 def _official_copy(work_dir, tmp_path) -> str:
     """iter_2.pth as the official runs would have written it: backbone under the official wrapper's names, the
     whole file pickled with numpy 1.x's names (``numpy.core.multiarray``)."""
-    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
+    import classification.mm.checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     ours = torch.load(work_dir / 'iter_2.pth', weights_only=True)
     path = tmp_path / 'official.pth'
     save_as_numpy1(official_runner_checkpoint(ours, [1, 1, 1, 1]), path)
@@ -156,10 +155,11 @@ def test_upernet_official_and_own_checkpoints_test_alike_with_and_without_tta(se
 
 
 LOAD_AND_DUMP = '''
-import os, sys
-sys.path[:0] = [{root!r}, os.path.join({root!r}, 'tools')]
+import os
 import torch
-import image_demo, mm_runner, train
+from classification.mm import runner as mm_runner
+from tools import train
+from tools.misc import image_demo
 from mmengine.runner import Runner
 
 def load_then_dump(self):
@@ -184,7 +184,7 @@ def test_official_layout_loads_fully_by_load_from_resume_and_image_demo(detectio
                                                                         tmp_path):
     """load_from=official.pth and tools/train.py --resume official.pth, for the Mask R-CNN and the UperNet: every
     parameter, output norms included, equals the file's (converted), and resuming continues at the file's
-    iteration. tools/image_demo.py paints the official detection checkpoint's prediction on an image."""
+    iteration. tools/misc/image_demo.py paints the official detection checkpoint's prediction on an image."""
     runs, expected = [], {}
     for task, config, work_dir in (('det', detection_config, trained_detector),
                                    ('seg', segmentation_config, trained_segmentor)):
@@ -203,7 +203,7 @@ def test_official_layout_loads_fully_by_load_from_resume_and_image_demo(detectio
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=dict(_env(), PYTHONPATH=ROOT),
                             capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
+    import classification.mm.checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     for task in ('det', 'seg'):
         reference = torch.load(expected[task], weights_only=True)['state_dict']
         assert any(k.startswith('backbone.out_norms.3.') for k in reference)
@@ -260,7 +260,6 @@ def test_init_cfg_refuses_a_foreign_backbone_checkpoint(tmp_path):
 
 KILLED_WRITE = '''
 import os, signal, sys
-sys.path[:0] = [{root!r}, os.path.join({root!r}, 'tools')]
 from mmengine.fileio.backends.local_backend import LocalBackend
 put = LocalBackend.put
 
@@ -272,7 +271,7 @@ def put_then_die(self, obj, filepath):
     put(self, obj, filepath)
 
 LocalBackend.put = put_then_die
-import train
+from tools import train
 sys.argv = ['train.py'] + {argv!r}
 train.main()
 '''
@@ -298,7 +297,7 @@ def test_kill_during_a_checkpoint_write_leaves_a_resumable_run(detection_config,
         resumed.stderr
     assert (tmp_path / 'last_checkpoint').read_text() == str(tmp_path / 'iter_4.pth')
     assert not (tmp_path / 'iter_2.pth').exists()  # max_keep_ckpts=1, removed once iter_4.pth was complete
-    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
+    import classification.mm.checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     assert torch.load(tmp_path / 'iter_4.pth', weights_only=True)['meta']['iter'] == 4
 
 

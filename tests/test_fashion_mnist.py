@@ -1,5 +1,5 @@
 """Real images: the trainer on Fashion-MNIST's own files (Debian's dataset-fashion-mnist), vHeat and a timm peer
-with the same recipe; tools/predict.py on Fashion-MNIST pictures against the trainer's evaluation of them."""
+with the same recipe; tools/misc/predict.py on Fashion-MNIST pictures against the trainer's evaluation of them."""
 import json
 import os
 import re
@@ -48,7 +48,7 @@ def test_one_epoch_on_real_images_evaluates_the_10000_test_images(name, trained_
 
 def test_predict_on_fashion_pictures_agrees_with_the_trainer(trained_vheat, tmp_path):
     """60 test pictures as PNG files in a class-per-folder layout: the trainer evaluates them (--eval) and
-    tools/predict.py classifies them from the same checkpoint; the top-1 accuracy agrees exactly, five classes are
+    tools/misc/predict.py classifies them from the same checkpoint; the top-1 accuracy agrees exactly, five classes are
     printed per picture, and a broken picture is named without stopping the others."""
     from classification.data.standard import read_idx
     images = read_idx(os.path.join(FASHION, 't10k-images-idx3-ubyte.gz'))[:60]
@@ -68,7 +68,7 @@ def test_predict_on_fashion_pictures_agrees_with_the_trainer(trained_vheat, tmp_
 
     (tmp_path / 'pictures' / 'val' / '3' / 'broken.png').write_bytes(b'not a picture')
     out = tmp_path / 'predictions.json'
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'),
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'misc', 'predict.py'),
                              str(tmp_path / 'pictures' / 'val'), '--checkpoint', str(checkpoint), '--out', str(out)],
                             cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1  # one picture could not be read
@@ -85,10 +85,9 @@ def test_predict_on_fashion_pictures_agrees_with_the_trainer(trained_vheat, tmp_
 
 
 def test_a_stopped_comparison_resumes_with_the_models_it_had_not_finished(tmp_path):
-    """tools/compare_real.py takes a finished model's kept result instead of training it again, and only while
+    """tools/analysis_tools/compare_real.py takes a finished model's kept result instead of training it again, and only while
     its budget, config and recipe are the ones it was trained with."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import compare_real
+    from tools.analysis_tools import compare_real
     results = {}
     for name, top1 in (('vheat', 91.5), ('resnet', 90.25)):
         curve = [{'epoch': 1, 'time_s': 60.0, 'top1': top1 - 1, 'top1_ema': top1 - 2},

@@ -139,7 +139,7 @@ def test_ranks_stop_together_when_rank_0_cannot_read_the_checkpoint(fault_data, 
 
 def test_an_error_line_is_written_at_once(monkeypatch):
     """Ranks of one launch share stderr: each error line must reach it in one write, or two lines can merge."""
-    from classification.cli import exit_with_error
+    from classification.core.cli import exit_with_error
     writes = []
     monkeypatch.setattr(sys, 'stderr', SimpleNamespace(write=writes.append, flush=lambda: None))
     with pytest.raises(SystemExit) as exit_info:
@@ -211,8 +211,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(fault_data, faul
 
 FULL_DISK_WORKER = '''
 import builtins, errno, sys
-sys.path.insert(0, {root!r})
-import classification.utils as utils
+import classification.core.fileio as utils
 opened = []
 
 class FullDisk:
@@ -341,6 +340,7 @@ def test_sixteen_bit_folder_trains_and_a_link_loop_is_an_error(tmp_path):
     cfg.write_text(TINY_CONFIG)
     main_ok(['--cfg', str(cfg), '--data-path', str(data), '--output', str(tmp_path / 'out')])
     from types import SimpleNamespace
+
     from classification.config import get_config
     from classification.data import BatchNormalize, build_dataset
     config = get_config(SimpleNamespace(cfg=str(cfg), opts=['DATA.DATA_PATH', str(data)]))
@@ -398,7 +398,7 @@ def _srun_task(monkeypatch, **changes):
 
 
 def test_srun_task_variables_make_torchruns_and_torchruns_own_win(monkeypatch):
-    from classification.slurm import job_port, srun_environment
+    from classification.core.launch import job_port, srun_environment
     _srun_task(monkeypatch)
     assert srun_environment() == {'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1', 'MASTER_ADDR': 'gpu-a',
                                   'MASTER_PORT': str(job_port(4242, 0))}

@@ -15,8 +15,7 @@ from official_layout import official_runner_checkpoint, save_as_numpy1
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import shapes_dataset  # noqa: E402
+from classification.data import shapes as shapes_dataset  # noqa: E402
 
 # What the seed README (the official README as published) links, and the configs here they name.
 SEED_CONFIGS = {

@@ -8,7 +8,6 @@ import torch
 
 from classification.models import cpu_streaming, disable_cpu_streaming, enable_cpu_streaming, vHeat
 from classification.models.flops import flop_count, param_count
-
 from conftest import FIXTURES
 
 LAYOUT = json.load(open(os.path.join(FIXTURES, 'official_vheat_layout.json')))

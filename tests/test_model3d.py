@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from classification.models import vHeat, vHeat3D, inflate_state_dict
+from classification.models import inflate_state_dict, vHeat, vHeat3D
 
 VIDEO = dict(patch_size=(2, 4, 4), downsample_stride=(1, 2, 2))
 SMALL = dict(dims=8, depths=[1, 1, 2, 1], num_classes=5, in_chans=1, volume_size=(32, 32, 32))

@@ -15,9 +15,7 @@ from yacs.config import CfgNode
 from conftest import FIXTURES, ROOT
 from official_layout import _official_key, official_param_groups, to_official
 from test_trainer import MAIN, TINY_CONFIG, env, free_port, main_error, make_folder
-
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import folder_to_zip  # noqa: E402
+from tools.dataset_converters import folder_to_zip
 
 OFFICIAL_MINI = os.path.join(FIXTURES, 'official_vheat_mini.pth')
 MINI_CONFIG = ('MODEL:\n  NAME: mini\n  NUM_CLASSES: 10\n  VHEAT:\n    EMBED_DIM: 16\n    DEPTHS: [1, 1, 2, 1]\n'
@@ -58,7 +56,8 @@ def test_official_readme_eval_and_throughput_command_lines(tmp_path):
     # the same accuracy, computed here from the checkpoint's 'model' weights
     from classification.config import get_config
     from classification.data import build_transform, load_image
-    from classification.models import build_model, load_checkpoint
+    from classification.engine.build import build_model
+    from classification.models import load_checkpoint
     config = get_config(SimpleNamespace(cfg=cfg, opts=None))
     model = build_model(config).eval()
     model.load_state_dict(load_checkpoint(OFFICIAL_MINI)['model'], strict=True)
@@ -117,7 +116,7 @@ def test_official_schedules_give_the_official_learning_rates(name, tmp_path):
     """The rates the official schedulers (classification/utils/lr_scheduler.py) give, from their formulas: 10
     updates per epoch, 2 warm-up epochs, 12 epochs."""
     from classification.config import get_config
-    from classification.main import build_scheduler
+    from classification.engine.optim import build_scheduler
     opts = ['TRAIN.EPOCHS', '12', 'TRAIN.WARMUP_EPOCHS', '2', 'TRAIN.BASE_LR', '0.1', 'TRAIN.WARMUP_LR', '0.001',
             'TRAIN.LR_SCHEDULER.NAME', name, 'TRAIN.LR_SCHEDULER.DECAY_EPOCHS', '4', 'TRAIN.LR_SCHEDULER.DECAY_RATE',
             '0.5', 'TRAIN.LR_SCHEDULER.MULTISTEPS', '[5, 8]', 'TRAIN.LR_SCHEDULER.GAMMA', '0.2']
@@ -147,7 +146,7 @@ def _weights_and_accuracy(out_dir):
 def test_zip_layout_trains_as_the_folder_with_every_cache_mode(tmp_path):
     data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 8, 4)
     zipped = tmp_path / 'zip'
-    converted = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'folder_to_zip.py'), data, str(zipped)],
+    converted = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'dataset_converters', 'folder_to_zip.py'), data, str(zipped)],
                                env=env(), capture_output=True, text=True, timeout=120)
     assert converted.returncode == 0, converted.stderr
     assert sorted(os.listdir(zipped)) == ['train.zip', 'train_map.txt', 'val.zip', 'val_map.txt']
@@ -263,9 +262,9 @@ def _official_training_state(model, epoch):
 
 def test_an_official_training_checkpoint_resumes_with_its_optimizer_state(tmp_path):
     from classification.config import get_config
-    from classification.main import build_optimizer
-    from classification.models import build_model
-    from classification.utils import official_optimizer_state
+    from classification.engine.build import build_model
+    from classification.engine.checkpoint import official_optimizer_state
+    from classification.engine.optim import build_optimizer
     cfg = _config(tmp_path)
     config = get_config(SimpleNamespace(cfg=cfg, opts=None))
     model = build_model(config)

@@ -40,6 +40,7 @@ def test_official_augmentation_runs_5000_images_through_transform_and_mixup(monk
     """vHeat_tiny_224.yaml's exact training transform (RandAugment rand-m9-mstd0.5-inc1, colour jitter, random
     erasing) and mixup/cutmix over 5,120 images; the 0-bit posterize that stopped Pillow 13 does occur."""
     from timm.data import auto_augment
+
     from classification.data import augment
     from classification.data.build import build_mixup, build_transform
 
@@ -153,11 +154,11 @@ def test_evaluation_counts_each_image_once_with_any_number_of_processes(tmp_path
 
 ACCUMULATION_WORKER = '''
 import json, os, sys
-sys.path.insert(0, {root!r})
 import contextlib, torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-import classification.main as trainer
+import classification.engine.trainer as trainer
+import classification.main as main
 
 calls = []
 wrap = trainer.wrap_ddp
@@ -172,7 +173,7 @@ def counting_wrap(model, device):
 trainer.wrap_ddp = counting_wrap
 if {sync_every_micro_step}:
     trainer.grad_sync = lambda model, sync: contextlib.nullcontext()
-trainer.main({argv!r})
+main.main({argv!r})
 with open(os.path.join({out!r}, 'calls_%s.json' % os.environ['RANK']), 'w') as f:
     json.dump(len(calls), f)
 '''

@@ -147,9 +147,8 @@ def test_sbatch_requeue_job_stopped_by_usr1_requeues_itself_and_resumes_at_its_s
 # --- downstream (mmengine's --launcher slurm) ------------------------------------------------------------------
 
 def _shapes():
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import shapes_dataset
-    return shapes_dataset
+    from classification.data import shapes
+    return shapes
 
 
 @pytest.fixture(scope='module')
@@ -189,7 +188,7 @@ def test_downstream_job_requeued_by_scontrol_continues_from_its_last_checkpoint(
     assert start >= int(re.search(r'iter_(\d+)\.pth', requeued_after).group(1)) >= 2  # not from the beginning
     assert re.search(rf'resumed epoch: \d+, iter: {start}', log), log[-4000:]
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_6.pth')
-    import classification.mmengine_checkpoints  # noqa: F401  (Runner checkpoints weights-only)
+    import classification.mm.checkpoints  # noqa: F401  (Runner checkpoints weights-only)
     assert torch.load(work_dir / 'iter_6.pth', weights_only=True)['meta']['iter'] == 6
 
 
@@ -247,6 +246,6 @@ def test_slurm_test_sh_reports_the_metrics_of_dist_test_sh(task, cluster, reques
 
 
 def test_a_bracketed_node_list_is_expanded_by_scontrol(cluster, monkeypatch):
-    from classification.slurm import first_host
+    from classification.core.launch import first_host
     monkeypatch.setenv('SLURM_CONF', cluster.env()['SLURM_CONF'])
     assert first_host('gpu[03-05,7],cpu1') == 'gpu03' and first_host('node7,node8') == 'node7'

@@ -5,9 +5,11 @@ import timm
 import torch
 
 import classification.models  # noqa: F401
-from tools.benchmark import growth_exponent, peak_memory
-from tools.visualize_erf import crops, effective_receptive_field
-from tools.visualize_heat import DEFAULT_IMAGE, conduct, load_image, point_source, two_sources
+from classification.data.images import SAMPLE_IMAGE as DEFAULT_IMAGE
+from classification.data.images import load_float_image as load_image
+from tools.analysis_tools.benchmark import growth_exponent, peak_memory
+from tools.visualization.visualize_erf import crops, effective_receptive_field
+from tools.visualization.visualize_heat import conduct, point_source, two_sources
 
 
 @pytest.mark.parametrize('impl', ['matmul', 'fft'])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the project's virtual environment (.venv) and installs everything into it:
+# Creates the project's virtual environment (.venv) and installs everything into it, the checkout included:
 #   tools/install.sh           core stack (requirements.txt), ONNX export (requirements-export.txt: onnx,
 #                              onnxscript, onnxruntime) and the downstream stack (mmcv, mmdet, mmseg)
 #   tools/install.sh --core    core stack only (classification, benchmarks)
@@ -13,6 +13,11 @@ venv=${VHEAT_VENV:-.venv}
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade-strategy only-if-needed -r requirements.txt
+# The one bootstrap of the checkout: the library as `vheat` (editable, pyproject.toml) and the repository root on the
+# environment's path (vheat-checkout.pth), so that `python tools/.../x.py`, the tests and the configs' custom_imports
+# import `classification`, `detection`, `segmentation` and `tools` from anywhere.
+"$py" -m pip install -q --no-build-isolation --no-deps -e .
+"$py" -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/vheat-checkout.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
 [ "${1:-}" = "--core" ] && exit 0
 "$py" -m pip install -q -r requirements-export.txt
 

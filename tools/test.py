@@ -8,9 +8,9 @@ alike, strictly.
 import argparse
 import os
 
-from mm_runner import StrictRunner, add_common_args, load_config, run_or_exit
-
-from classification.cli import UsageError, exit_on_errors, require_file
+from classification.core.cli import exit_on_errors, require_file
+from classification.core.errors import UsageError
+from classification.mm.runner import StrictRunner, add_common_args, load_config
 
 
 def parse_args(argv=None):
@@ -74,7 +74,8 @@ def main(argv=None):
         if args.out:
             runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))
         runner.test()
-    run_or_exit(test)
+    with exit_on_errors():
+        test()
 
 
 if __name__ == '__main__':

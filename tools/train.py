@@ -9,9 +9,10 @@ layout or ours). ``load_from=PATH`` (config or --cfg-options) starts from its we
 import argparse
 
 import torch
-from mm_runner import StrictRunner, add_common_args, load_config, run_or_exit
 
-from classification.cli import UsageError, exit_on_errors, require_file
+from classification.core.cli import exit_on_errors, require_file
+from classification.core.errors import UsageError
+from classification.mm.runner import StrictRunner, add_common_args, load_config
 
 
 def parse_args(argv=None):
@@ -55,7 +56,8 @@ def main(argv=None):
         cfg = load_config(args)
         apply_args(cfg, args)
         StrictRunner.from_cfg(cfg).train()
-    run_or_exit(train)
+    with exit_on_errors():
+        train()
 
 
 if __name__ == '__main__':

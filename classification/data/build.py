@@ -5,11 +5,10 @@
 The order of the training samples and every random choice of their augmentation depend only on (SEED, epoch,
 sample index), never on the worker that loads them or on where a run stopped: a run resumed mid-epoch sees the
 same batches and the same augmented images as an uninterrupted one. The same images give the same run whether
-they come from a folder or from its zip (``tools/folder_to_zip.py``), with any cache mode.
+they come from a folder or from its zip (``tools/dataset_converters/folder_to_zip.py``), with any cache mode.
 """
 import contextlib
 import os
-import random
 import signal
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -24,6 +23,7 @@ from torchvision.datasets import ImageFolder
 from . import augment  # noqa: F401  (registers the official RandAugment posterize, see augment.py)
 from .hub import HubImageDataset, check_source
 from .images import DataError, load_image
+from .seeding import derived_seed, seed_everything
 from .shards import ShardStream, count_samples, split_shards
 from .standard import STANDARD_DATASETS, standard_dataset
 from .zipdata import ZipImageDataset
@@ -196,23 +196,6 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def derived_seed(*parts: int) -> int:
-    """A 32-bit seed that depends on every part (SEED, epoch, index...), from numpy's SeedSequence."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def seed_everything(seed: int, cuda: bool = True) -> None:
-    """Seed torch, numpy and ``random``. ``cuda=False`` leaves the CUDA generators alone: loader samples need only
-    the CPU one, and ``torch.manual_seed`` (which queues a CUDA seeding, with a stack trace, until CUDA starts)
-    costs about 0.7 ms, more than the transform of a small image."""
-    if cuda:
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    random.seed(seed)
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):

@@ -21,11 +21,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .images import DataError, decode_image
+from .images import SPLIT_NAMES, DataError, decode_image
 
 IMAGE_COLUMN, LABEL_COLUMN = 'image', 'label'
-# the hub's split names first (what tools/folder_to_shards.py writes), then the other names read
-SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val')}
 
 
 def parquet_files(root: str, split: str) -> List[str]:
@@ -84,7 +82,7 @@ def check_columns(where: str, columns: List[str]) -> None:
 
 class HubImageDataset(torch.utils.data.Dataset):
     """One split of a Hugging Face image-classification data set as ``(image, label)`` with ``transform`` applied;
-    ``classes``: the label feature's names (kept in checkpoints for tools/predict.py)."""
+    ``classes``: the label feature's names (kept in checkpoints for tools/misc/predict.py)."""
 
     def __init__(self, root: str, split: str, num_classes: int, transform=None, mode: str = 'RGB'):
         self.root, self.transform, self.mode = root, transform, mode

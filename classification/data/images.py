@@ -1,12 +1,22 @@
-"""Reading one image: 8-bit RGB (or greyscale) from a file or from bytes, with errors that name it."""
+"""Reading one image: 8-bit RGB (or greyscale) from a file or from bytes, with errors that name it; what every
+data layout shares."""
 import io
+import os
 from typing import Union
 
 import numpy as np
+import torch
 from PIL import Image
 
+from classification.models.errors import VHeatError
 
-class DataError(RuntimeError):
+SAMPLE_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'assets',
+                            'sample.jpg')
+# the hub's split names first (what classification/data/writers.py writes), then the other names read
+SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val')}
+
+
+class DataError(VHeatError, RuntimeError):
     """The data set is missing, malformed, or holds an unreadable image."""
 
 
@@ -40,3 +50,6 @@ def load_image(path: str, mode: str = 'RGB') -> Image.Image:
     return decode_image(path, path, mode)
 
 
+def load_float_image(path: str) -> torch.Tensor:
+    """An RGB image as a float64 (H, W, 3) tensor in [0, 1] (the figures' heat fields)."""
+    return torch.from_numpy(np.asarray(load_image(path), dtype=np.float64) / 255.0)

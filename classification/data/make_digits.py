@@ -6,16 +6,13 @@ Images are upscaled to 32x32 RGB PNGs (nearest neighbour), one folder per digit.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from classification.cli import exit_on_errors, require_positive  # noqa: E402
+from classification.core.cli import exit_on_errors, require_positive
 
 
 def write_digits(root: str, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> None:

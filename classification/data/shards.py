@@ -3,7 +3,7 @@
 
 ``DATA.WDS.TRAIN`` / ``DATA.WDS.VAL``: brace patterns of each split's shards under ``DATA.DATA_PATH``
 (``imagenet-train-{000000..001023}.tar``); empty: the splits of ``<DATA_PATH>/_info.json`` (timm's format, which
-``tools/folder_to_shards.py`` writes), which also gives each shard's sample count (otherwise the shards' headers are
+``tools/dataset_converters/folder_to_shards.py`` writes), which also gives each shard's sample count (otherwise the shards' headers are
 read once to count them).
 
 Distribution: each process keeps the shards ``rank, rank + world_size, ...`` of a split, and each loader worker of it
@@ -25,8 +25,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import default_collate
 
-from .hub import SPLIT_NAMES
-from .images import DataError, decode_image
+from .images import SPLIT_NAMES, DataError, decode_image
+from .seeding import derived_seed, seed_everything
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
 INFO_FILE = '_info.json'
@@ -177,7 +177,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         yield from buffer
 
     def __iter__(self):
-        from .build import derived_seed, seed_everything
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.workers:

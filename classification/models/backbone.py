@@ -1,15 +1,15 @@
 """vHeat as a dense-prediction backbone: the one place detection and segmentation share.
 
-The mmdet/mmseg adapters only add registration and ``init_cfg`` handling (``classification/models/mm_backbone.py``).
+The mmdet/mmseg adapters only add registration and ``init_cfg`` handling (``classification/mm/backbone.py``).
 """
 import logging
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .serialization import IncompatibleCheckpointError, key_mismatch, load_checkpoint
+from .serialization import IncompatibleCheckpointError, find_state_dict, key_mismatch, load_checkpoint
 from .vheat import FREQ_EMBED_RESIZE, checkpoint_filter_fn, vHeat
 
 _logger = logging.getLogger(__name__)
@@ -66,12 +66,13 @@ class vHeatBackbone(vHeat):
         # NCHW views of channels-last memory: convolutions downstream take them without a copy
         return [self.out_norms[i](f).permute(0, 3, 1, 2) for i, f in zip(sorted(self.out_indices), feats)]
 
-    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor], freq_embed_resize: Optional[str] = None
+                           ) -> Dict[str, torch.Tensor]:
         """Backbone weights in this module's names: the classifier's conversions (official names, frequency
-        embeddings brought to ``img_size`` by ``freq_embed_resize``) and the official downstream wrapper's output
-        norms (``outnorm{i}``) as ``out_norms.{i}``."""
+        embeddings brought to ``img_size`` by ``freq_embed_resize``, by default the backbone's) and the official
+        downstream wrapper's output norms (``outnorm{i}``) as ``out_norms.{i}``."""
         renamed = {_OFFICIAL_OUT_NORM.sub(r'out_norms.\1.', k): v for k, v in state_dict.items()}
-        return checkpoint_filter_fn(renamed, self, self.freq_embed_resize)
+        return checkpoint_filter_fn(renamed, self, freq_embed_resize or self.freq_embed_resize)
 
     def load_pretrained(self, path: str, weights: str = 'model') -> nn.modules.module._IncompatibleKeys:
         """Load a classification checkpoint (official or ours; ``weights``: its 'model' or 'model_ema'), or the
@@ -79,10 +80,7 @@ class vHeatBackbone(vHeat):
         dropped, frequency embeddings brought to this model's ``img_size`` (``freq_embed_resize``). Only the output
         norms (which a classifier lacks) and the stages after the last output may differ; anything else is an
         IncompatibleCheckpointError naming the keys."""
-        checkpoint = load_checkpoint(path)
-        state_dict = checkpoint.get(weights, checkpoint.get('state_dict', checkpoint))
-        if not isinstance(state_dict, dict):
-            raise IncompatibleCheckpointError(f'{path}: expected a state dict, got {type(state_dict).__name__}')
+        state_dict = find_state_dict(load_checkpoint(path), weights, path)
         if any(k.startswith('backbone.') for k in state_dict):
             state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
         try:

@@ -7,7 +7,7 @@ input:
 - ``matmul`` (default): multiplies by the N x N DCT matrix, O(N) work per output element; what the official code
   computes (as 1-D convolutions), and the fastest for the feature maps of a classifier.
 - ``fft``: Makhoul's algorithm, one real FFT of length N per line, O(log N) per element, for large maps on
-  devices where it pays off (``tools/benchmark.py --dct-sweep`` measures both per map size).
+  devices where it pays off (``tools/analysis_tools/benchmark.py --dct-sweep`` measures both per map size).
 Both agree with ``scipy.fft.dct(norm="ortho")``.
 
 Constant tensors (DCT matrices, FFT twiddles, the frequency-distance map of the decay) are cached per

@@ -16,6 +16,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
+from .errors import VHeatError
+
 # Read the official trainer's CfgNode as the dict it is: allow-listed for every weights-only load,
 # timm's ``pretrained_cfg_overlay=dict(file=...)`` included.
 torch.serialization.add_safe_globals([(collections.OrderedDict, 'yacs.config.CfgNode')])
@@ -23,19 +25,19 @@ torch.serialization.add_safe_globals([(collections.OrderedDict, 'yacs.config.Cfg
 _ZIP_MAGIC = b'PK\x03\x04'
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(VHeatError, RuntimeError):
     """The file needs code beyond plain data to be unpickled."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(VHeatError, ValueError):
     """The file is not a readable PyTorch checkpoint (empty, truncated, other data)."""
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(VHeatError, ValueError):
     """The checkpoint's weights do not fit the model (another architecture or size)."""
 
 
-class CheckpointDownloadError(RuntimeError):
+class CheckpointDownloadError(VHeatError, RuntimeError):
     """A checkpoint URL could not be fetched into torch's hub cache (offline, say)."""
 
 
@@ -104,14 +106,16 @@ def read_bytes(path: str) -> bytes:
 
 
 def load_checkpoint(path: str, map_location: Any = 'cpu', data: Optional[bytes] = None) -> Dict[str, Any]:
-    """Load a checkpoint written by this project, the official vHeat trainer, or ``torch.save(state_dict)``;
-    ``path`` may be an https URL (read from torch's hub cache, downloaded once).
+    """Load a checkpoint written by this project, the official vHeat trainer, ``torch.save(state_dict)`` or, named
+    ``*.safetensors``, a safetensors file; ``path`` may be an https URL (read from torch's hub cache, downloaded once).
 
     ``data``: the file's bytes, when they were read already (``path`` then only names the file in errors).
     """
     data = read_bytes(path) if data is None else data
     if not data:
         raise CheckpointFormatError(f'checkpoint {path} is empty (0 bytes)')
+    if str(path).endswith('.safetensors'):
+        return _load_safetensors(path, data, map_location)
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -128,6 +132,45 @@ def load_checkpoint(path: str, map_location: Any = 'cpu', data: Optional[bytes] 
     if not isinstance(checkpoint, dict):
         raise CheckpointFormatError(f'{path}: expected a dict checkpoint, got {type(checkpoint).__name__}')
     return checkpoint
+
+
+STATE_DICT_KEYS = ('model', 'model_ema')
+
+
+def find_state_dict(checkpoint: Mapping[str, Any], weights: str = 'model', source: str = 'checkpoint'
+                    ) -> Dict[str, Any]:
+    """The state dict ``weights`` of a checkpoint, the one lookup every reader of a checkpoint uses.
+
+    ``'model'`` or ``'model_ema'``: that entry of a training checkpoint (the official trainer's and ours). For
+    ``'model'`` also mmengine's and timm's ``state_dict`` entry, then a bare state dict (a checkpoint with neither,
+    nor a ``model_ema``). Anything else is an IncompatibleCheckpointError naming ``source`` and what it holds.
+    """
+    if weights not in STATE_DICT_KEYS:
+        raise ValueError(f'weights must be one of {STATE_DICT_KEYS}, got {weights!r}')
+    if checkpoint.get(weights) is not None:  # a run without EMA saves model_ema None
+        key = weights
+    elif weights == 'model' and 'state_dict' in checkpoint:
+        key = 'state_dict'
+    elif weights == 'model' and 'model_ema' not in checkpoint:
+        return dict(checkpoint)  # a bare state dict
+    else:
+        raise IncompatibleCheckpointError(f'{source} holds no {weights!r} weights (its keys: '
+                                          f'{", ".join(list(map(str, checkpoint))[:8])})')
+    if not isinstance(checkpoint[key], Mapping):
+        raise IncompatibleCheckpointError(f'{source}: {key!r} holds a {type(checkpoint[key]).__name__}, not a '
+                                          'state dict')
+    return dict(checkpoint[key])
+
+
+def _load_safetensors(path: str, data: bytes, map_location: Any) -> Dict[str, Any]:
+    """A ``.safetensors`` file (timm's ``save_for_hf``, the hub's): tensors only, by design nothing to run."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointFormatError(f'cannot read {path}: not a readable safetensors file ({e})') from None
+    return {k: v.to(map_location) for k, v in tensors.items()} if map_location not in (None, 'cpu') else tensors
 
 
 def _unsafe_globals(data: bytes) -> list:

@@ -23,35 +23,34 @@ from typing import Dict, Final, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
 from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._helpers import clean_state_dict
 from timm.models._manipulate import adapt_input_conv
+from torch.utils.checkpoint import checkpoint
 
 from .dct import DCT_IMPLS, frequency_distance, heat_conduction, heat_decay
 from .serialization import (DOWNLOAD_ERRORS, CheckpointDownloadError, IncompatibleCheckpointError, download_failure,
-                            key_mismatch, load_checkpoint)
+                            find_state_dict, key_mismatch, load_checkpoint)
 
-__all__ = ['vHeat', 'checkpoint_filter_fn']
+__all__ = ['vHeat', 'checkpoint_filter_fn', 'rename_official_key']
 
 _logger = logging.getLogger(__name__)
 
 FREQ_EMBED_RESIZE = ('bicubic', 'zero')
 
 
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 @register_notrace_function
 def resize_map(t: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """Resize an (*spatial, C) map (frequency embedding or decay) to ``size``, bicubically in 2-D and trilinearly
-    in 3-D; as it is if it fits."""
+    """Resize an (*spatial, C) map (frequency embedding or decay) to ``size``: linearly in 1-D, bicubically in 2-D,
+    trilinearly in 3-D; as it is if it fits."""
     if t.shape[:-1] == size:
         return t
-    mode = 'bicubic' if len(size) == 2 else 'trilinear'
+    mode = 'linear' if len(size) == 1 else 'bicubic' if len(size) == 2 else 'trilinear'
     resized = F.interpolate(t.movedim(-1, 0)[None].float(), size=size, mode=mode, align_corners=False)
     return resized[0].movedim(0, -1).to(t.dtype)
 
@@ -136,12 +135,12 @@ class Downsample(nn.Module):
 
 
 class HeatConduction(nn.Module):
-    """The Heat Conduction Operator on a channels-last (B, H, W, C) map (or (B, D, H, W, C) volume).
+    """The Heat Conduction Operator on a channels-last (B, H, W, C) map, (B, D, H, W, C) volume or (B, L, C) sequence.
 
     phi(x) = Linear(DWConv3x3(x)) gives the heat source u0 and a gate z; the output is
     Linear(LayerNorm(IDCT(DCT(u0) * decay)) * SiLU(z)), the DCTs along every spatial axis. In training layout the
     decay is exp(-(w_n^2 + w_m^2 [+ w_d^2]) * k) with k = ReLU(to_k(freq_embed)); in inference layout it is the
-    stored ``k_exp``. ``res``: the spatial size of the frequency embedding (its length, 2 or 3, the dimensionality).
+    stored ``k_exp``. ``res``: the spatial size of the frequency embedding (its length, 1, 2 or 3, the dimensionality).
     """
 
     def __init__(self, dim: int, res: Sequence[int], infer_mode: bool = False, dct_impl: str = 'matmul'):
@@ -349,9 +348,10 @@ class vHeat(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor], freq_embed_resize: str = 'bicubic'
+                           ) -> Dict[str, torch.Tensor]:
         """A state dict (official names or ours, either layout) in this model's names and layout."""
-        return checkpoint_filter_fn(state_dict, self)
+        return checkpoint_filter_fn(state_dict, self, freq_embed_resize)
 
     def _convert_on_load(self, state_dict, prefix, *args) -> None:
         """Load hook: official checkpoints (and training-layout weights into an inference-layout model)."""
@@ -370,7 +370,7 @@ class vHeat(nn.Module):
         IncompatibleCheckpointError naming it.
         """
         weights = weights or PRETRAINED_WEIGHTS.get((getattr(self, 'pretrained_cfg', None) or {}).get('tag'), 'model')
-        state_dict = clean_state_dict(select_weights(load_checkpoint(path), weights, path))
+        state_dict = clean_state_dict(find_state_dict(load_checkpoint(path), weights, path))
         try:
             state_dict = self.convert_state_dict(state_dict)
         except (ValueError, KeyError) as e:
@@ -488,7 +488,7 @@ _OFFICIAL_RENAMES = [
 _OFFICIAL_DOWNSAMPLE = re.compile(r'^layers\.(\d+)\.\d+\.([01])\.(.+)$')
 
 
-def _rename_official_key(key: str) -> str:
+def rename_official_key(key: str) -> str:
     """Map one official vHeat key (``layers.i.j...``, ``patch_embed``, ``classifier``) to this module's name."""
     match = _OFFICIAL_DOWNSAMPLE.match(key)
     if match:  # the official stage i ends with the downsampling that starts our stage i + 1
@@ -511,12 +511,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: vHeat,
       :func:`resize_freq_embed`);
     - a training-layout checkpoint loaded into an inference-layout model gets its decay folded into ``k_exp``.
     """
-    if 'model' in state_dict and isinstance(state_dict['model'], dict):
-        state_dict = state_dict['model']
+    state_dict = find_state_dict(state_dict)
     own = model.state_dict()
     out = {}
     for key, value in clean_state_dict(state_dict).items():
-        key = _rename_official_key(key)
+        key = rename_official_key(key)
         if re.search(r'\.mlp\.fc\d\.weight$', key) and value.ndim == 4:
             value = value.flatten(1)
         if key.endswith('.op.k_exp'):
@@ -549,20 +548,6 @@ def _fold_decay_into_state_dict(sd: Dict[str, torch.Tensor], index: int, stage: 
             raise KeyError(f'{prefix}to_k.0.weight/bias missing: cannot fold the training-layout decay of block '
                            f'{index}.{j} into k_exp')
         sd[prefix + 'k_exp'] = torch.exp(-dist * F.relu(F.linear(freq_embed, weight, bias)))
-
-
-def select_weights(checkpoint: Dict, weights: str, source: str) -> Dict[str, torch.Tensor]:
-    """The state dict ``weights`` ('model' or 'model_ema') of a training checkpoint; a checkpoint that is a bare
-    state dict (or mmengine/timm's ``state_dict``) for 'model'."""
-    if weights not in ('model', 'model_ema'):
-        raise ValueError(f"weights must be 'model' or 'model_ema', got {weights!r}")
-    found = checkpoint.get(weights)
-    if found is None and weights == 'model':
-        found = checkpoint.get('state_dict', checkpoint if 'model_ema' not in checkpoint else None)
-    if not isinstance(found, dict):
-        raise IncompatibleCheckpointError(f'{source} holds no {weights!r} weights (its keys: '
-                                          f'{", ".join(list(map(str, checkpoint))[:8])})')
-    return found
 
 
 # The official release (MzeroMiko/vHeat, release `vheatcls`): training checkpoints holding both the weights

@@ -19,7 +19,8 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models._helpers import clean_state_dict
 
-from .vheat import MODEL_ARGS, _rename_official_key, build_vheat, checkpoint_filter_fn, resize_map, vHeat
+from .serialization import find_state_dict
+from .vheat import MODEL_ARGS, build_vheat, checkpoint_filter_fn, rename_official_key, resize_map, vHeat
 
 __all__ = ['vHeat3D', 'inflate_state_dict']
 
@@ -43,9 +44,11 @@ class vHeat3D(vHeat):
                  volume_size: Union[int, Sequence[int]] = (64, 64, 64), **kwargs):
         super().__init__(patch_size=patch_size, downsample_stride=downsample_stride, img_size=volume_size, **kwargs)
 
-    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """2-D checkpoints inflated, 3-D ones converted as vHeat's (the load hook and ``load_pretrained`` use it)."""
-        return checkpoint_filter_fn_3d(state_dict, self)
+    def convert_state_dict(self, state_dict: Dict[str, torch.Tensor], freq_embed_resize: str = 'bicubic'
+                           ) -> Dict[str, torch.Tensor]:
+        """2-D checkpoints inflated (their embeddings resized bicubically), 3-D ones converted as vHeat's (the load
+        hook and ``load_pretrained`` use it)."""
+        return checkpoint_filter_fn_3d(state_dict, self, freq_embed_resize)
 
 
 def _is_2d(state_dict: Dict[str, torch.Tensor]) -> bool:
@@ -53,13 +56,14 @@ def _is_2d(state_dict: Dict[str, torch.Tensor]) -> bool:
     return first is not None and first.ndim == 4
 
 
-def checkpoint_filter_fn_3d(state_dict: Dict[str, torch.Tensor], model: vHeat3D) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn_3d(state_dict: Dict[str, torch.Tensor], model: vHeat3D, freq_embed_resize: str = 'bicubic'
+                            ) -> Dict[str, torch.Tensor]:
     """A vHeat3D checkpoint for ``model``: 2-D checkpoints inflated (:func:`inflate_state_dict`), 3-D ones as
     :func:`checkpoint_filter_fn` converts them."""
-    if 'model' in state_dict and isinstance(state_dict['model'], dict):
-        state_dict = state_dict['model']
-    state_dict = clean_state_dict(state_dict)
-    return inflate_state_dict(state_dict, model) if _is_2d(state_dict) else checkpoint_filter_fn(state_dict, model)
+    state_dict = clean_state_dict(find_state_dict(state_dict))
+    if _is_2d(state_dict):
+        return inflate_state_dict(state_dict, model)
+    return checkpoint_filter_fn(state_dict, model, freq_embed_resize)
 
 
 def inflate_state_dict(state_dict: Dict[str, torch.Tensor], model: vHeat3D) -> Dict[str, torch.Tensor]:
@@ -70,7 +74,7 @@ def inflate_state_dict(state_dict: Dict[str, torch.Tensor], model: vHeat3D) -> D
     own = model.state_dict()
     out = {}
     for key, value in state_dict.items():
-        key = _rename_official_key(key)
+        key = rename_official_key(key)
         if re.search(r'\.mlp\.fc\d\.weight$', key) and value.ndim == 4:
             value = value.flatten(1)
         if key.endswith('.op.k_exp'):

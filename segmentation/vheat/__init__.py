@@ -1,11 +1,10 @@
 """The configs' ``custom_imports``: registers the vHeat backbone in mmseg's MODELS as ``type='vHeat'``,
 ``DurableCheckpointHook`` in mmengine's HOOKS and ``SegPaintEveryImageHook`` in mmseg's, and lets every checkpoint
 reader (``init_model``, ``MMSegInferencer``, the Runner, this project's tools) read Runner checkpoints weights-only
-(``classification/mmengine_checkpoints.py``)."""
+(``classification/mm/checkpoints.py``)."""
 from mmseg.registry import MODELS
 
-from classification import mmengine_checkpoints, mmengine_hooks  # noqa: F401
-from classification.models.mm_backbone import MMvHeat
+from classification.mm import MMvHeat
 
 from . import visualization  # noqa: F401
 

@@ -26,5 +26,5 @@ optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'downsample.norm': dict(dec
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=2)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-# checkpoints written before old ones are removed, atomically (classification/mmengine_hooks.py)
+# checkpoints written before old ones are removed, atomically (classification/mm/hooks.py)
 default_hooks = dict(checkpoint=dict(type='DurableCheckpointHook'))

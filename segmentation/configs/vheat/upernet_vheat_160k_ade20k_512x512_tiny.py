@@ -31,5 +31,5 @@ model = dict(
 # The base exempts parameters whose name contains 'norm' from weight decay. The official downsampling LayerNorms
 # are named 'layers.<i>.<depth>.1' and so were decayed; ours are 'downsample.norm': decay them too.
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'downsample.norm': dict(decay_mult=1.0)}))
-# checkpoints written before old ones are removed, atomically (classification/mmengine_hooks.py)
+# checkpoints written before old ones are removed, atomically (classification/mm/hooks.py)
 default_hooks = dict(checkpoint=dict(type='DurableCheckpointHook'))

@@ -1,0 +1,468 @@
+"""Speed of vHeat-T against timm's Swin-T and ConvNeXt-T, measured in one process, interleaved.
+
+    python tools/analysis_tools/benchmark.py                 # inference (b16@224, b4@512) and training step (b8@224)
+    python tools/analysis_tools/benchmark.py --compile       # the same, each model also under torch.compile, in the same run
+    python tools/analysis_tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (choose dct_impl)
+    python tools/analysis_tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, peak memory, GFLOPs, growth exponents
+    python tools/analysis_tools/benchmark.py --volume-sweep      # 3-D: heat conduction against global attention, 16^3..64^3
+
+On CPU, inference is timed for vHeat-T as it is and with the CPU streaming engine switched on
+(``enable_cpu_streaming``), which is what a CPU deployment should use; training always runs the reference model.
+
+Every model gets the same random input. Rounds are interleaved (one timed call of each model per round)
+so that drift of the machine (thermal, other load) hits all models alike; the median round is reported.
+On CUDA the timings use CUDA events after a synchronisation; on CPU, ``time.perf_counter``.
+"""
+import argparse
+import copy
+import ctypes
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+
+from classification.core.cli import exit_on_errors, require_device, require_positive
+from classification.core.errors import UsageError
+from classification.core.fileio import save_figure, write_json
+from classification.core.timing import interleaved
+from classification.models import enable_cpu_streaming  # noqa: (the import registers vheat_* with timm)
+from classification.models.dct import dctn
+from classification.models.flops import flop_count
+
+MODELS = {
+    'vheat_tiny': 'vHeat-T',
+    'swin_tiny_patch4_window7_224': 'Swin-T',
+    'convnext_tiny': 'ConvNeXt-T',
+}
+STREAMING, COMPILED = ' streaming', ' compiled'
+
+
+def create(name: str, img_size: int, device: torch.device) -> torch.nn.Module:
+    kwargs = {'img_size': img_size} if name.startswith('swin') else {}
+    return timm.create_model(name, **kwargs).to(device)
+
+
+def variants(model: torch.nn.Module, label: str, args, device: torch.device, inference: bool) -> Dict:
+    """The model under its label, and, where they apply, its CPU-streaming and compiled versions (copies)."""
+    out = {label: model}
+    if inference and label.startswith('vHeat') and device.type == 'cpu':
+        out[label + STREAMING] = enable_cpu_streaming(copy.deepcopy(model))
+    if args.compile:  # a graph per input size: symbolic sizes hit pytorch/pytorch#185510 in inductor
+        out[label + COMPILED] = torch.compile(copy.deepcopy(model), dynamic=False)
+    return out
+
+
+def inference_speed(args, device, img_size: int, batch: int) -> Dict[str, float]:
+    """Images/s of each model in ``torch.inference_mode`` (vHeat after ``infer_init``)."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    tasks = {}
+    for name, label in MODELS.items():
+        model = create(name, img_size, device).eval()
+        if name.startswith('vheat'):
+            model.infer_init()
+        for variant, m in variants(model, label, args, device, inference=True).items():
+            tasks[variant] = (lambda m: lambda: m(x))(m)
+    with torch.inference_mode():
+        secs = interleaved(tasks, args.rounds, args.warmup, device)
+    return {label: batch / s for label, s in secs.items()}
+
+
+def training_speed(args, device, img_size: int, batch: int) -> Dict[str, float]:
+    """Images/s of a full training step: forward, cross-entropy, backward, AdamW update."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    tasks = {}
+    for name, label in MODELS.items():
+        for variant, model in variants(create(name, img_size, device).train(), label, args, device,
+                                       inference=False).items():
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step(m=model, o=opt):
+                o.zero_grad(set_to_none=True)
+                F.cross_entropy(m(x), y).backward()
+                o.step()
+            tasks[variant] = step
+    secs = interleaved(tasks, args.rounds, args.warmup, device)
+    return {label: batch / s for label, s in secs.items()}
+
+
+def report(title: str, speeds: Dict[str, float]) -> Dict[str, float]:
+    """Print images/s, and each vHeat-T variant's ratio to the peers run the same way (eager or compiled)."""
+    print(f'\n{title}')
+    ratios = {}
+    for label, ips in speeds.items():
+        line = f'  {label:<22} {ips:8.2f} img/s'
+        if label.startswith('vHeat'):
+            mode = COMPILED if label.endswith(COMPILED) else ''
+            for peer in MODELS.values():
+                if not peer.startswith('vHeat') and peer + mode in speeds:
+                    ratios[f'{label} / {peer + mode}'] = ips / speeds[peer + mode]
+                    line += f'   {ips / speeds[peer + mode]:.2f}x {peer + mode}'
+        print(line)
+    return ratios
+
+
+def dct_sweep(args, device) -> None:
+    """Time one 2-D DCT + inverse pair of a (B, N, N, C) map with each implementation, to choose ``dct_impl``."""
+    print('\nDCT2D + IDCT2D, ms per pair (batch %d, %d channels)' % (args.batch_size, 96))
+    print(f'  {"N":>5} {"matmul":>9} {"fft":>9}  faster')
+    fft_faster = []
+    for n in (7, 14, 28, 56, 64, 96, 112, 128, 192, 256):
+        x = torch.randn(args.batch_size, n, n, 96, device=device)
+        tasks = {impl: (lambda i: lambda: dctn(dctn(x, i), i, inverse=True))(impl) for impl in ('matmul', 'fft')}
+        with torch.inference_mode():
+            secs = interleaved(tasks, args.rounds, args.warmup, device)
+        faster = min(secs, key=secs.get)
+        fft_faster.append(faster == 'fft')
+        print(f'  {n:>5} {secs["matmul"] * 1e3:9.2f} {secs["fft"] * 1e3:9.2f}  {faster}')
+    print("dct_impl='fft' pays on this device only if the sizes where it is faster dominate your feature maps"
+          if any(fft_faster) else "dct_impl='matmul' (the default) was faster at every size here")
+
+
+SWEEP_SIZES = (224, 384, 512, 768, 1024)
+SWEEP_MODELS = {  # label: (timm name, create kwargs)
+    'vHeat-T': ('vheat_tiny', {}),
+    'vHeat-T streaming': ('vheat_tiny', {}),  # CPU only: enable_cpu_streaming
+    'vHeat-T fft': ('vheat_tiny', dict(dct_impl='fft')),
+    'DeiT-S': ('deit_small_patch16_224', {}),
+    'Swin-T': ('swin_tiny_patch4_window7_224', {}),
+    'ConvNeXt-T': ('convnext_tiny', {}),
+}
+QUICK_SIZES = {'Swin-T': (224, 512, 1024), 'ConvNeXt-T': (224, 512, 1024)}
+# fvcore does not count FFTs: FLOPs of vHeat-T are the matrix DCT's (the paper's count), which the streaming
+# engine computes too. fvcore does not count fused attention either: see ``counted_flops``.
+FLOP_LABELS = ('vHeat-T', 'DeiT-S', 'Swin-T', 'ConvNeXt-T')
+
+
+def sized_model(name: str, kwargs: Dict, img_size: int) -> torch.nn.Module:
+    """A timm model for square ``img_size`` inputs.
+
+    DeiT-S: ``img_size`` resizes its position embeddings at creation (16 divides every swept size).
+    Swin-T: ``img_size`` sets the attention masks; the window stays 7 (as pretrained) and timm pads feature
+    maps that 7 does not divide (e.g. 1024 -> 256/128/64/32 tokens a side). Others take any size.
+    """
+    if name.startswith(('swin', 'deit')):
+        kwargs = dict(kwargs, img_size=img_size)
+    return timm.create_model(name, **kwargs)
+
+
+def counted_flops(model: torch.nn.Module, img_size: int) -> float:
+    """GFLOPs by ``flop_count`` (which counts timm's fused attention as its explicit matmuls)."""
+    return flop_count(model, (1, 3, img_size, img_size)) / 1e9
+
+
+def _malloc_returns_large_blocks() -> None:
+    """Make glibc serve blocks >= 64 KiB by mmap and unmap them on free (no dynamic threshold).
+
+    Without this, freed activations stay resident in malloc's heap and a later forward reuses them
+    without raising the resident set, so peak-RSS increases would undercount.
+    """
+    try:
+        ctypes.CDLL('libc.so.6').mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_free_heap() -> None:
+    """Give glibc's free heap pages back to the system (``malloc_trim``), so that what a call allocates next
+    is fresh pages that raise the resident set, not free heap that is already resident."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory added by one call of ``fn``, in bytes.
+
+    CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the process's peak resident
+    set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call (free heap given
+    back first), i.e. activations, workspaces and anything else the call makes resident; the weights are
+    already resident and not included.
+    """
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    _release_free_heap()
+    base = _status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets VmHWM to the current resident set
+    fn()
+    return float(_status_kib('VmHWM') - base) * 1024
+
+
+def growth_exponent(pixels: List[int], values: List[float]) -> float:
+    """Slope of the least-squares line through (log pixels, log value): cost ~ pixels ** slope."""
+    if len(pixels) < 2:
+        return float('nan')
+    slope, _ = np.polyfit(np.log(pixels), np.log(values), 1)
+    return float(slope)
+
+
+def resolution_sweep(args, device) -> Dict:
+    """Images/s, peak memory and GFLOPs of every model at every size, interleaved per size; JSON + plot."""
+    _malloc_returns_large_blocks()
+    rounds, warmup = (1, 1) if args.quick else (args.rounds, args.warmup)
+    batch = args.sweep_batch
+    rows = []
+    sweep_models = [lb for lb in SWEEP_MODELS if device.type == 'cpu' or lb != 'vHeat-T streaming']
+    for size in SWEEP_SIZES:
+        labels = [lb for lb in sweep_models if not args.quick or size in QUICK_SIZES.get(lb, SWEEP_SIZES)]
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, size, size, device=device)
+        models, tasks = {}, {}
+        for label in labels:
+            name, kwargs = SWEEP_MODELS[label]
+            models[label] = model = sized_model(name, kwargs, size).to(device).eval()
+            if name.startswith('vheat'):
+                model.infer_init()
+            if label.endswith(STREAMING):
+                enable_cpu_streaming(model)
+            tasks[label] = (lambda m: lambda: m(x))(model)
+        with torch.inference_mode():
+            for fn in tasks.values():  # fill lazy caches (DCT matrices, decay maps) before measuring memory
+                fn()
+            memory = {label: peak_memory(fn, device) for label, fn in tasks.items()}
+            secs = interleaved(tasks, rounds, max(warmup - 1, 0), device)
+        for label in labels:
+            gflops = counted_flops(models[label], size) if label in FLOP_LABELS else None
+            rows.append(dict(model=label, size=size, pixels=size * size, batch=batch,
+                             images_per_s=batch / secs[label], peak_memory_mib=memory[label] / 2 ** 20,
+                             gflops=gflops))
+            print(f'  {size:>5} {label:<17} {batch / secs[label]:8.3f} img/s  {memory[label] / 2 ** 20:8.1f} MiB'
+                  + (f'  {gflops:7.2f} GFLOPs' if gflops is not None else ''), flush=True)
+        del models, tasks
+    exponents = {}
+    for label in sweep_models:
+        mine = [r for r in rows if r['model'] == label]
+        pixels = [r['pixels'] for r in mine]
+        exponents[label] = dict(
+            time=growth_exponent(pixels, [1 / r['images_per_s'] for r in mine]),
+            flops=growth_exponent(pixels, [r['gflops'] for r in mine]) if label in FLOP_LABELS else None)
+    result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                  timm=timm.__version__, quick=args.quick, rounds=rounds, batch=batch,
+                  memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
+                  'peak RSS increase during one forward (VmHWM reset via /proc/self/clear_refs)',
+                  rows=rows, exponents=exponents)
+    print('\nGrowth exponents (cost ~ pixels ** e): ' + ', '.join(
+        f'{lb}: time {e["time"]:.2f}' + (f' FLOPs {e["flops"]:.2f}' if e['flops'] is not None else '')
+        for lb, e in exponents.items()))
+    json_path = args.json or 'docs/scaling.json'
+    write_json(json_path, result)
+    plot_sweep(result, args.plot or 'docs/scaling.png')
+    print(f'wrote {json_path} and {args.plot or "docs/scaling.png"}')
+    return result
+
+
+VOLUME_SIDES = (16, 24, 32, 40, 48, 64)
+
+
+def volume_layers(channels: int, side: int) -> Dict[str, torch.nn.Module]:
+    """One token-mixing layer each over a side^3 volume of ``channels``-wide voxels: vHeat3D's heat conduction
+    operator (depthwise 3-D conv, linears, DCT along three axes; inference layout) and global attention over all
+    voxels (timm's Attention: qkv and output linears around fused scaled_dot_product_attention, 32 channels a
+    head)."""
+    from timm.models.vision_transformer import Attention
+
+    from classification.models.vheat import HeatConduction
+    return {'vHeat3D heat conduction': HeatConduction(channels, (side,) * 3, infer_mode=True),
+            'global attention': Attention(channels, num_heads=channels // 32, qkv_bias=True)}
+
+
+def volume_sweep(args, device) -> Dict:
+    """Time and peak memory per volume of one mixing layer, 16^3 to 64^3 voxels; sizes whose predicted time
+    passes --volume-budget seconds are skipped (attention grows as voxels^2)."""
+    _malloc_returns_large_blocks()
+    rows, skipped = [], []
+    for side in VOLUME_SIDES:
+        torch.manual_seed(0)
+        x = torch.randn(1, side, side, side, args.volume_channels, device=device)
+        for label, layer in volume_layers(args.volume_channels, side).items():
+            mine = [r for r in rows if r['model'] == label]
+            if len(mine) >= 2:  # predict from the growth so far
+                e = growth_exponent([r['voxels'] for r in mine], [r['seconds'] for r in mine])
+                if mine[-1]['seconds'] * (side ** 3 / mine[-1]['voxels']) ** e > args.volume_budget:
+                    skipped.append(dict(model=label, side=side))
+                    print(f'  {side:>3}^3 {label:<24} skipped (predicted over {args.volume_budget:g} s)', flush=True)
+                    continue
+            layer = layer.to(device).eval()
+            tokens = x.flatten(1, 3)
+            call = (lambda m=layer: m(x)) if label.startswith('vHeat') else (lambda m=layer: m(tokens))
+            with torch.inference_mode():
+                call()  # fills the DCT caches, warms the kernels
+                seconds = interleaved({label: call}, 1 if side >= 40 else 3, 0, device)[label]
+                memory = peak_memory(call, device)
+            rows.append(dict(model=label, side=side, voxels=side ** 3, seconds=seconds,
+                             peak_memory_mib=memory / 2 ** 20))
+            print(f'  {side:>3}^3 {label:<24} {seconds:9.4f} s  {memory / 2 ** 20:8.1f} MiB', flush=True)
+    exponents = {}
+    for label in volume_layers(args.volume_channels, 16):
+        mine = [r for r in rows if r['model'] == label]
+        voxels = [r['voxels'] for r in mine]
+        exponents[label] = dict(time=growth_exponent(voxels, [r['seconds'] for r in mine]),
+                                memory=growth_exponent(voxels, [r['peak_memory_mib'] for r in mine]))
+    print('\nGrowth exponents in voxels (cost ~ voxels ** e): ' + ', '.join(
+        f'{label}: time {e["time"]:.2f} memory {e["memory"]:.2f}' for label, e in exponents.items()))
+    result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                  channels=args.volume_channels, rows=rows, skipped=skipped, exponents=exponents,
+                  memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
+                  'peak RSS increase during one call (VmHWM reset via /proc/self/clear_refs)')
+    json_path = args.json or 'docs/volume_scaling.json'
+    write_json(json_path, result)
+    plot_volume_sweep(result, args.plot or 'docs/volume_scaling.png')
+    return result
+
+
+def _loglog_panel(ax, sides: Sequence[int], power: int, unit: str, title: str, legend_size: int) -> None:
+    """Log-log axes against side**power (pixels or voxels), ticked at the swept sides."""
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xticks([s ** power for s in sides])
+    ax.set_xticklabels([f'{s}{ {2: "²", 3: "³"}[power]}' for s in sides])
+    ax.minorticks_off()
+    ax.set_xlabel(unit)
+    ax.set_title(title)
+    ax.grid(True, which='major', alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    save_figure(fig, path, dpi=90)
+
+
+def plot_volume_sweep(result: Dict, path: str) -> None:
+    """Two log-log panels against voxels: seconds and peak memory per volume; legends carry the exponents."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, (key, title, exp_key) in zip(axes, (('seconds', 'seconds per volume', 'time'),
+                                               ('peak_memory_mib', 'peak memory (MiB)', 'memory'))):
+        for label, exponents in result['exponents'].items():
+            mine = [r for r in result['rows'] if r['model'] == label]
+            ax.plot([r['voxels'] for r in mine], [r[key] for r in mine], marker='o', ms=4,
+                    label=f'{label}  (e={exponents[exp_key]:.2f})')
+        _loglog_panel(ax, VOLUME_SIDES, 3, 'voxels', title, 8)
+    fig.suptitle(f'One token-mixing layer over a volume, {result["channels"]} channels, batch 1, {result["device"]} '
+                 f'({result["threads"]} threads); e: fitted exponent in voxels', fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+    print(f'wrote {path}')
+
+
+def plot_sweep(result: Dict, path: str) -> None:
+    """Three log-log panels against pixels: images/s, peak memory, GFLOPs; legends carry the exponents."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    panels = (('images_per_s', 'images / s', 'time'), ('peak_memory_mib', 'peak memory (MiB)', None),
+              ('gflops', 'GFLOPs (fvcore)', 'flops'))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, (key, title, exp_key) in zip(axes, panels):
+        for label in result['exponents']:
+            mine = [r for r in result['rows'] if r['model'] == label and r[key] is not None]
+            if not mine:
+                continue
+            legend = label
+            if exp_key:
+                legend += f'  (e={result["exponents"][label][exp_key]:.2f})'
+            style = '--' if label.startswith('vHeat') else '-'
+            ax.plot([r['pixels'] for r in mine], [r[key] for r in mine], style, marker='o', ms=4, label=legend)
+        _loglog_panel(ax, SWEEP_SIZES, 2, 'pixels', title, 7)
+    fig.suptitle(f'Inference, batch {result["batch"]}, {result["device"]} ({result["threads"]} threads); '
+                 'e: fitted exponent of time per image or FLOPs in pixels', fontsize=10)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--batch-size', type=int, default=16, help='inference batch at --img-size')
+    parser.add_argument('--train-batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--hires-size', type=int, default=512)
+    parser.add_argument('--hires-batch-size', type=int, default=4)
+    parser.add_argument('--rounds', type=int, default=7, help='timed rounds (median reported)')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
+    parser.add_argument('--skip-train', action='store_true')
+    parser.add_argument('--dct-sweep', action='store_true', help='only compare the two DCT implementations')
+    parser.add_argument('--json', help='write the measured figures to this file (--sweep: docs/scaling.json)')
+    parser.add_argument('--sweep', action='store_true', help='only the resolution sweep (224..1024, batch --sweep-batch)')
+    parser.add_argument('--sweep-batch', type=int, default=1)
+    parser.add_argument('--plot', help='--sweep / --volume-sweep: where to write the plot '
+                                       '(docs/scaling.png / docs/volume_scaling.png)')
+    parser.add_argument('--volume-sweep', action='store_true',
+                        help='only the 3-D sweep: heat conduction against global attention, 16^3 to 64^3 voxels')
+    parser.add_argument('--volume-channels', type=int, default=96)
+    parser.add_argument('--volume-budget', type=float, default=90.0,
+                        help='--volume-sweep: skip a size whose predicted time per volume is above this (seconds)')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time every model under torch.compile (default mode), in the same rounds')
+    parser.add_argument('--quick', action='store_true',
+                        help='shorter --sweep: 1 timed round, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
+    args = parser.parse_args(argv)
+    with exit_on_errors():
+        device = require_device(args.device)
+        for flag in ('batch_size', 'train_batch_size', 'hires_batch_size', 'rounds', 'sweep_batch', 'volume_channels'):
+            require_positive(getattr(args, flag), '--' + flag.replace('_', '-'))
+        for flag in ('img_size', 'hires_size'):
+            require_positive(getattr(args, flag), '--' + flag.replace('_', '-'), minimum=32)
+        require_positive(args.warmup, '--warmup', minimum=0)
+        require_positive(args.threads, '--threads', minimum=0)
+        if args.volume_budget <= 0:
+            raise UsageError(f'--volume-budget must be positive, got {args.volume_budget}')
+        return run(args, device)
+
+
+def run(args, device: torch.device) -> Dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compile:
+        args.warmup = max(args.warmup, 1)  # the first call compiles
+    print(f'device={device} threads={torch.get_num_threads()} torch={torch.__version__} timm={timm.__version__}')
+    if args.dct_sweep:
+        dct_sweep(args, device)
+        return {}
+    if args.sweep:
+        return resolution_sweep(args, device)
+    if args.volume_sweep:
+        return volume_sweep(args, device)
+    results = {}
+    speeds = inference_speed(args, device, args.img_size, args.batch_size)
+    results['inference'] = dict(images_per_s=speeds, ratios=report(
+        f'Inference, batch {args.batch_size} at {args.img_size}x{args.img_size}', speeds))
+    speeds = inference_speed(args, device, args.hires_size, args.hires_batch_size)
+    results['inference_hires'] = dict(images_per_s=speeds, ratios=report(
+        f'Inference, batch {args.hires_batch_size} at {args.hires_size}x{args.hires_size}', speeds))
+    if not args.skip_train:
+        speeds = training_speed(args, device, args.img_size, args.train_batch_size)
+        results['train'] = dict(images_per_s=speeds, ratios=report(
+            f'Training step (forward, backward, AdamW), batch {args.train_batch_size} at {args.img_size}', speeds))
+    if args.json:
+        write_json(args.json, results)
+    return results
+
+
+if __name__ == '__main__':
+    main()
