@@ -61,7 +61,7 @@ def load_weights(model: torch.nn.Module, state_dict, source: str, new_classifier
 
 def is_official_checkpoint(checkpoint: dict) -> bool:
     """Written by the official trainer: official parameter names (``patch_embed``, ``layers``)."""
-    return any(k.startswith(('patch_embed.', 'module.patch_embed.')) for k in checkpoint.get('model', {}))
+    return any(k.startswith(('patch_embed.', 'module.patch_embed.')) for k in checkpoint['model'])
 
 
 def official_optimizer_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from classification.core.fileio import save_checkpoint
 from classification.data import (BatchNormalize, batches, build_loader, derived_seed, input_channels, seed_everything,
                                  train_epochs)
-from classification.models import enable_cpu_streaming
+from classification.models import enable_cpu_streaming, find_state_dict
 from classification.models.errors import VHeatError
 from classification.models.flops import flop_count, param_count
 
@@ -131,7 +131,8 @@ class Trainer:
         if self.ema is None:
             return
         if checkpoint.get('model_ema') is not None:
-            new = load_weights(self.ema.module, checkpoint['model_ema'], f'{source} (model_ema)', new_classifier_ok)
+            new = load_weights(self.ema.module, find_state_dict(checkpoint, 'model_ema', source),
+                               f'{source} (model_ema)', new_classifier_ok)
             for key in new:  # a new classifier: the EMA's starts as the model's
                 self.ema.module.state_dict()[key].copy_(self.model.state_dict()[key])
         else:

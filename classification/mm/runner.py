@@ -44,7 +44,7 @@ def load_weights_strictly(model: torch.nn.Module, checkpoint: dict, path: str) -
     """Load a Runner checkpoint (official layout or ours) or a plain state dict into the model under its wrappers;
     after conversion every key must fit."""
     model = unwrap(model)
-    state_dict = convert_checkpoint_keys(model, find_state_dict(checkpoint, 'model', path))
+    state_dict = convert_checkpoint_keys(model, find_state_dict(checkpoint, 'state_dict', path))
     mismatch = key_mismatch(state_dict, model.state_dict())
     if mismatch:
         raise IncompatibleCheckpointError(f'{path} does not fit the {type(model).__name__} of the config: {mismatch}')

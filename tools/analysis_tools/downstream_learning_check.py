@@ -8,12 +8,12 @@ import os
 import sys
 import time
 
-import shapes_dataset
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from classification.core.cli import exit_on_errors
 from classification.core.errors import UsageError
+from classification.data import shapes as shapes_dataset
 from classification.mm.runner import load_config
 
 BACKBONE = dict(dims=32, depths=[1, 1, 2, 1], img_size=128, drop_path_rate=0.0, init_cfg=None)

@@ -3,7 +3,7 @@
 # the 3-D heat slices and the 3-D cost sweep (JSON + plot).
 # Pass --full for the full sweep (7 timed rounds, every model at every size) instead of --quick.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . tools/common.sh
 [ $# -eq 0 ] || [ "$*" = "--full" ] || die "unknown arguments: $* (tools/visualization/make_figures.sh [--full])"
 PY=${PYTHON:-.venv/bin/python}
