@@ -28,11 +28,16 @@ _share_checkout_modules()
 from .backbone import vHeatBackbone  # noqa: E402
 from .cpu_streaming import disable_cpu_streaming, enable_cpu_streaming  # noqa: E402
 from .errors import VHeatError  # noqa: E402
+from .fpn import VHeatFPN, fpn_backbone  # noqa: E402
+from .layers import HeatConduction1d, HeatConduction2d, HeatConduction3d  # noqa: E402
+from .pretrained import PretrainedReport, load_pretrained  # noqa: E402
 from .serialization import (CheckpointDownloadError, CheckpointFormatError, IncompatibleCheckpointError,  # noqa: E402
                             UnsafeCheckpointError, find_state_dict, load_checkpoint)
 from .vheat import MODEL_ARGS, checkpoint_filter_fn, rename_official_key, vHeat  # noqa: E402
 from .vheat3d import inflate_state_dict, vHeat3D  # noqa: E402
 
-__all__ = ['vHeat', 'vHeat3D', 'vHeatBackbone', 'inflate_state_dict', 'checkpoint_filter_fn', 'rename_official_key', 'MODEL_ARGS', 'enable_cpu_streaming',
+__all__ = ['vHeat', 'vHeat3D', 'vHeatBackbone', 'HeatConduction1d', 'HeatConduction2d', 'HeatConduction3d',
+           'load_pretrained', 'PretrainedReport', 'fpn_backbone', 'VHeatFPN', 'inflate_state_dict',
+           'checkpoint_filter_fn', 'rename_official_key', 'MODEL_ARGS', 'enable_cpu_streaming',
            'disable_cpu_streaming', 'load_checkpoint', 'find_state_dict', 'VHeatError', 'CheckpointFormatError',
            'IncompatibleCheckpointError', 'UnsafeCheckpointError', 'CheckpointDownloadError']

@@ -134,16 +134,18 @@ def load_checkpoint(path: str, map_location: Any = 'cpu', data: Optional[bytes] 
     return checkpoint
 
 
-STATE_DICT_KEYS = ('model', 'model_ema')
+STATE_DICT_KEYS = ('model', 'model_ema', 'state_dict')
 
 
 def find_state_dict(checkpoint: Mapping[str, Any], weights: str = 'model', source: str = 'checkpoint'
                     ) -> Dict[str, Any]:
     """The state dict ``weights`` of a checkpoint, the one lookup every reader of a checkpoint uses.
 
-    ``'model'`` or ``'model_ema'``: that entry of a training checkpoint (the official trainer's and ours). For
+    ``'model'`` or ``'model_ema'``: that entry of a training checkpoint (the official trainer's and ours); for
     ``'model'`` also mmengine's and timm's ``state_dict`` entry, then a bare state dict (a checkpoint with neither,
-    nor a ``model_ema``). Anything else is an IncompatibleCheckpointError naming ``source`` and what it holds.
+    nor a ``model_ema``). ``'state_dict'``: an mmengine Runner checkpoint's entry, or the checkpoint as it is (what
+    the downstream tools load strictly: a classification checkpoint is then refused, naming its keys). Anything else
+    is an IncompatibleCheckpointError naming ``source`` and what it holds.
     """
     if weights not in STATE_DICT_KEYS:
         raise ValueError(f'weights must be one of {STATE_DICT_KEYS}, got {weights!r}')
@@ -151,7 +153,7 @@ def find_state_dict(checkpoint: Mapping[str, Any], weights: str = 'model', sourc
         key = weights
     elif weights == 'model' and 'state_dict' in checkpoint:
         key = 'state_dict'
-    elif weights == 'model' and 'model_ema' not in checkpoint:
+    elif weights == 'state_dict' or (weights == 'model' and 'model_ema' not in checkpoint):
         return dict(checkpoint)  # a bare state dict
     else:
         raise IncompatibleCheckpointError(f'{source} holds no {weights!r} weights (its keys: '
