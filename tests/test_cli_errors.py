@@ -35,7 +35,8 @@ CASES = [
                                       '--volume-budget'])),
     *(_numbers('tools/analysis_tools/benchmark.py', ['--warmup', '--threads'], value='-1')),
     # tools/analysis_tools/compare_real.py
-    ('tools/analysis_tools/compare_real.py', ['--data-path', '/nonexistent/fashion-mnist'], '/nonexistent/fashion-mnist'),
+    ('tools/analysis_tools/compare_real.py', ['--data-path', '/nonexistent/fashion-mnist'],
+     '/nonexistent/fashion-mnist'),
     ('tools/analysis_tools/compare_real.py', ['--models', 'vheat', 'alexnet'], "--models: unknown value 'alexnet'"),
     ('tools/analysis_tools/compare_real.py', ['--budget-minutes', '0'], '--budget-minutes'),
     # tools/analysis_tools/downstream_complexity.py
@@ -45,31 +46,40 @@ CASES = [
     *(_numbers('tools/misc/demo3d.py', ['--train', '--test', '--epochs', '--batch', '--dims', '--lr', '--budget'],
                base=['--task', 'video'])),
     # tools/analysis_tools/downstream_learning_check.py
-    ('tools/analysis_tools/downstream_learning_check.py', ['--task', 'pose'], "argument --task: invalid choice: 'pose'"),
+    ('tools/analysis_tools/downstream_learning_check.py', ['--task', 'pose'],
+     "argument --task: invalid choice: 'pose'"),
     ('tools/analysis_tools/downstream_learning_check.py', ['--task', 'det', '--minutes', '0'], '--minutes'),
     # tools/deployment/export_onnx.py
-    ('tools/deployment/export_onnx.py', ['--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
+    ('tools/deployment/export_onnx.py', ['--model', 'nonexistent', '--out', 'x.onnx'],
+     "--model: unknown model 'nonexistent'"),
     ('tools/deployment/export_onnx.py', ['--checkpoint', MISSING, '--out', 'x.onnx'], MISSING),
     *(_numbers('tools/deployment/export_onnx.py', ['--img-size', '--check-batch', '--batch', '--rounds', '--atol'],
                base=['--out', 'x.onnx'])),
     # tools/dataset_converters/folder_to_zip.py
-    ('tools/dataset_converters/folder_to_zip.py', ['/nonexistent/imagenet', '/tmp/zipped'], '/nonexistent/imagenet/train'),
+    ('tools/dataset_converters/folder_to_zip.py', ['/nonexistent/imagenet', '/tmp/zipped'],
+     '/nonexistent/imagenet/train'),
     # tools/dataset_converters/folder_to_shards.py
-    ('tools/dataset_converters/folder_to_shards.py', ['/nonexistent/imagenet', 'out', '--format', 'wds'], '/nonexistent/imagenet/train'),
-    ('tools/dataset_converters/folder_to_shards.py', [ROOT, 'out', '--format', 'parquet', '--shard-size', '0'], '--shard-size'),
-    ('tools/dataset_converters/folder_to_shards.py', [ROOT, 'out', '--format', 'tfrecord'], "argument --format: invalid choice"),
+    ('tools/dataset_converters/folder_to_shards.py', ['/nonexistent/imagenet', 'out', '--format', 'wds'],
+     '/nonexistent/imagenet/train'),
+    ('tools/dataset_converters/folder_to_shards.py', [ROOT, 'out', '--format', 'parquet', '--shard-size', '0'],
+     '--shard-size'),
+    ('tools/dataset_converters/folder_to_shards.py', [ROOT, 'out', '--format', 'tfrecord'],
+     "argument --format: invalid choice"),
     # tools/misc/image_demo.py
     ('tools/misc/image_demo.py', ['/nonexistent/photo.jpg', DET_CONFIG, OFFICIAL, '--out-dir', 'o'],
      '/nonexistent/photo.jpg'),
-    ('tools/misc/image_demo.py', [IMAGE, '/nonexistent/config.py', OFFICIAL, '--out-dir', 'o'], '/nonexistent/config.py'),
+    ('tools/misc/image_demo.py', [IMAGE, '/nonexistent/config.py', OFFICIAL, '--out-dir', 'o'],
+     '/nonexistent/config.py'),
     ('tools/misc/image_demo.py', [IMAGE, DET_CONFIG, MISSING, '--out-dir', 'o'], MISSING),
     ('tools/misc/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--device', 'gpu0'], '--device'),
     ('tools/misc/image_demo.py', [IMAGE, DET_CONFIG, OFFICIAL, '--out-dir', 'o', '--score-thr', '-1'], '--score-thr'),
     # tools/misc/predict.py
     ('tools/misc/predict.py', ['/nonexistent/photos', '--model', 'vheat_tiny', '--pretrained'], '/nonexistent/photos'),
-    ('tools/misc/predict.py', [IMAGE, '--model', 'nonexistent', '--pretrained'], "--model: unknown model 'nonexistent'"),
+    ('tools/misc/predict.py', [IMAGE, '--model', 'nonexistent', '--pretrained'],
+     "--model: unknown model 'nonexistent'"),
     ('tools/misc/predict.py', [IMAGE, '--model', 'vheat_tiny', '--checkpoint', MISSING], MISSING),
-    *(_numbers('tools/misc/predict.py', ['--topk', '--batch-size'], base=[IMAGE, '--model', 'vheat_tiny', '--pretrained'])),
+    *(_numbers('tools/misc/predict.py', ['--topk', '--batch-size'],
+               base=[IMAGE, '--model', 'vheat_tiny', '--pretrained'])),
     # tools/test.py, tools/train.py
     ('tools/test.py', ['/nonexistent/config.py', OFFICIAL], '/nonexistent/config.py'),
     ('tools/test.py', [DET_CONFIG, MISSING], MISSING),
@@ -132,7 +142,8 @@ def test_bad_input_is_one_error_line_naming_it(tool, argv, fragment, tmp_path, m
 
 
 COMMANDS = [
-    (['tools/deployment/export_onnx.py', '--model', 'nonexistent', '--out', 'x.onnx'], "--model: unknown model 'nonexistent'"),
+    (['tools/deployment/export_onnx.py', '--model', 'nonexistent', '--out', 'x.onnx'],
+     "--model: unknown model 'nonexistent'"),
 ]
 SCRIPTS = [
     (['tools/dist_train.sh', '/nonexistent/config.py', '2'], 'CONFIG: file not found: /nonexistent/config.py'),

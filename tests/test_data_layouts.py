@@ -1,6 +1,6 @@
-"""ImageNet as the hub and clusters keep it: a generated folder written by tools/dataset_converters/folder_to_shards.py as parquet files
-(and a save_to_disk folder) and as WebDataset shards. Parquet trains with the folder run's samples (the same
-weights) and resumes mid-epoch exactly; the shards give every training image once per epoch across 2 ranks and
+"""ImageNet as the hub and clusters keep it: a generated folder written by tools/dataset_converters/folder_to_shards.py
+as parquet files (and a save_to_disk folder) and as WebDataset shards. Parquet trains with the folder run's samples (the
+same weights) and resumes mid-epoch exactly; the shards give every training image once per epoch across 2 ranks and
 evaluation counts every image once; bad files are one line naming the file (and row or sample)."""
 import contextlib
 import io

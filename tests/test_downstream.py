@@ -242,10 +242,10 @@ def test_train_flags_have_mmdets_meanings():
 
 
 def test_downstream_flops_count_the_dct_that_mmengines_counter_drops(tmp_path):
-    """tools/analysis_tools/downstream_complexity.py's pass on a tiny Mask R-CNN: the project's count exceeds mmengine's by exactly
-    the DCT products' batch dimensions, which its matmul handle drops: the W-axis product of each 2-D DCT multiplies
-    W x W matrices over H x C columns, counted (H - 1) x W^2 x C too low, twice a block (the transform and its
-    inverse). The published sizes are what the tool counts at."""
+    """tools/analysis_tools/downstream_complexity.py's pass on a tiny Mask R-CNN: the project's count exceeds mmengine's
+    by exactly the DCT products' batch dimensions, which its matmul handle drops: the W-axis product of each 2-D DCT
+    multiplies W x W matrices over H x C columns, counted (H - 1) x W^2 x C too low, twice a block (the transform and
+    its inverse). The published sizes are what the tool counts at."""
     from mmengine.config import Config
 
     from classification.data import shapes as shapes_dataset

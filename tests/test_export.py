@@ -64,9 +64,9 @@ def test_onnx_export_matches_pytorch(tmp_path):
     out = tmp_path / 'tiny.onnx'
     args = [f'{k}={v}' for k, v in dict(depths='1,2', dims=8, num_classes=10, post_norm=True,
                                        layer_scale=0.1).items()]
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), '--checkpoint',
-                             str(checkpoint), '--img-size', '64', '--out', str(out), '--check-batch', '3',
-                             '--model-args', *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'deployment', 'export_onnx.py'),
+                             '--checkpoint', str(checkpoint), '--img-size', '64', '--out', str(out),
+                             '--check-batch', '3', '--model-args', *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     import onnxruntime
     session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])

@@ -85,8 +85,8 @@ def test_predict_on_fashion_pictures_agrees_with_the_trainer(trained_vheat, tmp_
 
 
 def test_a_stopped_comparison_resumes_with_the_models_it_had_not_finished(tmp_path):
-    """tools/analysis_tools/compare_real.py takes a finished model's kept result instead of training it again, and only while
-    its budget, config and recipe are the ones it was trained with."""
+    """tools/analysis_tools/compare_real.py takes a finished model's kept result instead of training it again, and
+    only while its budget, config and recipe are the ones it was trained with."""
     from tools.analysis_tools import compare_real
     results = {}
     for name, top1 in (('vheat', 91.5), ('resnet', 90.25)):

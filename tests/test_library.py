@@ -268,8 +268,9 @@ def test_wrapper_prefixes_found_or_named_and_zero_resize(tmp_path):
         vheat.load_pretrained(model, str(two), prefix='encoder.')
     small = tmp_path / 'small.pth'
     torch.save(timm.create_model('vheat_small').state_dict(), small)
-    with pytest.raises(vheat.IncompatibleCheckpointError, match=r'small.pth does not fit vHeat \(another architecture '
-                                                                r'or size\?\): unexpected \(264\): stages.0.blocks.0.gamma1'):
+    with pytest.raises(vheat.IncompatibleCheckpointError,
+                       match=r'small.pth does not fit vHeat \(another architecture or size\?\): unexpected \(264\): '
+                             r'stages.0.blocks.0.gamma1'):
         vheat.load_pretrained(model, str(small))
     with pytest.raises(ValueError, match=r'holds 0 vHeat modules \(none\); name one with target='):
         vheat.load_pretrained(nn.Linear(2, 2), path)

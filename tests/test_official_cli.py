@@ -146,8 +146,8 @@ def _weights_and_accuracy(out_dir):
 def test_zip_layout_trains_as_the_folder_with_every_cache_mode(tmp_path):
     data = make_folder(tmp_path / 'data', ['a', 'b', 'c'], 8, 4)
     zipped = tmp_path / 'zip'
-    converted = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'dataset_converters', 'folder_to_zip.py'), data, str(zipped)],
-                               env=env(), capture_output=True, text=True, timeout=120)
+    converted = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'dataset_converters', 'folder_to_zip.py'),
+                                data, str(zipped)], env=env(), capture_output=True, text=True, timeout=120)
     assert converted.returncode == 0, converted.stderr
     assert sorted(os.listdir(zipped)) == ['train.zip', 'train_map.txt', 'val.zip', 'val_map.txt']
     assert (zipped / 'train_map.txt').read_text().splitlines()[0] == 'a/0.png\t0'

@@ -3,8 +3,8 @@
 
 ``DATA.WDS.TRAIN`` / ``DATA.WDS.VAL``: brace patterns of each split's shards under ``DATA.DATA_PATH``
 (``imagenet-train-{000000..001023}.tar``); empty: the splits of ``<DATA_PATH>/_info.json`` (timm's format, which
-``tools/dataset_converters/folder_to_shards.py`` writes), which also gives each shard's sample count (otherwise the shards' headers are
-read once to count them).
+``tools/dataset_converters/folder_to_shards.py`` writes), which also gives each shard's sample count (otherwise the
+shards' headers are read once to count them).
 
 Distribution: each process keeps the shards ``rank, rank + world_size, ...`` of a split, and each loader worker of it
 every ``workers``-th of those; the order of a worker's shards and of its samples (within a buffer of

@@ -1,8 +1,8 @@
 """ImageNet in zip files, as the official trainer (Swin-Transformer's) reads it with ``--zip``.
 
 ``<data-path>/train.zip`` with ``<data-path>/train_map.txt``, and ``val.zip`` with ``val_map.txt``; each map line
-is ``relative/path<TAB>label``, the path a member of the zip. ``tools/dataset_converters/folder_to_zip.py`` writes this layout from
-an ImageNet folder. On shared file systems one large file reads much faster than a million small ones.
+is ``relative/path<TAB>label``, the path a member of the zip. ``tools/dataset_converters/folder_to_zip.py`` writes
+this layout from an ImageNet folder. On shared file systems one large file reads much faster than a million small ones.
 
 Cache modes (``--cache-mode``): ``no`` reads every image from the zip when it is needed; ``full`` reads every
 image into memory first; ``part`` reads only the images of this process's shard (every ``world_size``-th image
@@ -25,8 +25,8 @@ def read_map(map_path: str, members: set, zip_path: str, num_classes: int) -> Li
     """The (member, label) pairs of a map file; a malformed line, a member missing from the zip or a label out of
     range is a DataError naming the file and the line."""
     if not os.path.isfile(map_path):
-        raise DataError(f'zip map file not found: {map_path} (expected next to {zip_path}; tools/dataset_converters/folder_to_zip.py '
-                        'writes both)')
+        raise DataError(f'zip map file not found: {map_path} (expected next to {zip_path}; '
+                        'tools/dataset_converters/folder_to_zip.py writes both)')
     samples = []
     with open(map_path, encoding='utf-8') as f:
         for number, line in enumerate(f, start=1):

@@ -41,7 +41,8 @@ def grad_sync(model: torch.nn.Module, sync: bool):
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    return torch.nn.parallel.DistributedDataParallel(model,
+                                                     device_ids=[device.index] if device.type == 'cuda' else None)
 
 
 class Trainer:

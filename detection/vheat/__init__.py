@@ -4,6 +4,7 @@
 (``classification/mm/checkpoints.py``)."""
 from mmdet.registry import MODELS
 
-from classification.mm import MMvHeat
+from classification.mm import checkpoints, hooks  # noqa: F401  (weights-only Runner checkpoints; the hook)
+from classification.mm.backbone import MMvHeat
 
 MODELS.register_module('vHeat', module=MMvHeat)

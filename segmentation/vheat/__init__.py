@@ -4,7 +4,8 @@ reader (``init_model``, ``MMSegInferencer``, the Runner, this project's tools) r
 (``classification/mm/checkpoints.py``)."""
 from mmseg.registry import MODELS
 
-from classification.mm import MMvHeat
+from classification.mm import checkpoints, hooks  # noqa: F401  (weights-only Runner checkpoints; the hook)
+from classification.mm.backbone import MMvHeat
 
 from . import visualization  # noqa: F401
 

@@ -1,10 +1,10 @@
 """Speed of vHeat-T against timm's Swin-T and ConvNeXt-T, measured in one process, interleaved.
 
-    python tools/analysis_tools/benchmark.py                 # inference (b16@224, b4@512) and training step (b8@224)
-    python tools/analysis_tools/benchmark.py --compile       # the same, each model also under torch.compile, in the same run
-    python tools/analysis_tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (choose dct_impl)
-    python tools/analysis_tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, peak memory, GFLOPs, growth exponents
-    python tools/analysis_tools/benchmark.py --volume-sweep      # 3-D: heat conduction against global attention, 16^3..64^3
+    python tools/analysis_tools/benchmark.py                 # inference (b16@224, b4@512), training step (b8@224)
+    python tools/analysis_tools/benchmark.py --compile       # the same, each model also under torch.compile
+    python tools/analysis_tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (dct_impl)
+    python tools/analysis_tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, memory, GFLOPs, exponents
+    python tools/analysis_tools/benchmark.py --volume-sweep      # 3-D: heat conduction vs attention, 16^3..64^3
 
 On CPU, inference is timed for vHeat-T as it is and with the CPU streaming engine switched on
 (``enable_cpu_streaming``), which is what a CPU deployment should use; training always runs the reference model.

@@ -1,6 +1,6 @@
 """vHeat against its peers on real images: Fashion-MNIST, one recipe, one CPU budget per model, one after another.
 
-    python tools/analysis_tools/compare_real.py                       # every model of classification/configs/fashion_mnist/
+    python tools/analysis_tools/compare_real.py          # every model of classification/configs/fashion_mnist/
     python tools/analysis_tools/compare_real.py --models vheat resnet --budget-minutes 10 --data-path DIR
 
 Each model's config inherits ``classification/configs/fashion_mnist/base.yaml`` (data, augmentation, optimizer,

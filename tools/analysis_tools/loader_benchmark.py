@@ -1,17 +1,17 @@
 """How fast the trainer's own data loaders feed a GPU, for every data layout, and where the time of one image goes.
 
-    python tools/analysis_tools/loader_benchmark.py [--images 768] [--workers 1 2] [--rounds 3] [--json docs/loader_benchmark.json]
+    python tools/analysis_tools/loader_benchmark.py [--images 768] [--workers 1 2] [--rounds 3]
+                                                    [--json docs/loader_benchmark.json]
 
-Generates ImageNet-like JPEGs (500x375, quality 90, about 100 KB: a smooth random picture with noise, which the
-codec compresses as it does photographs) as a folder, writes it as the official zip layout, hub-style parquet files
-and WebDataset shards (tools/dataset_converters/folder_to_zip.py, tools/dataset_converters/folder_to_shards.py), and iterates ``build_loader`` of
-``vHeat_tiny_224.yaml`` (the official augmentation: RandomResizedCrop 224, flip, RandAugment m9, random erasing;
-mixup/cutmix on each batch, in this process, as the trainer applies it) and its evaluation transform, with each
-number of loader workers. Images/s count from the first batch on (the workers' start-up is reported apart), the
-median of the rounds, run interleaved. The validation loader gives uint8 batches, which the trainer normalises where
+Generates ImageNet-like JPEGs (500x375, quality 90, about 100 KB: a smooth random picture with noise, which the codec
+compresses as it does photographs) as a folder, writes it as the official zip layout, hub-style parquet files and
+WebDataset shards (``classification/data/writers.py``, what tools/dataset_converters/ runs), and iterates
+``build_loader`` of ``vHeat_tiny_224.yaml`` (the official augmentation: RandomResizedCrop 224, flip, RandAugment m9,
+random erasing; mixup/cutmix on each batch, in this process, as the trainer applies it) and its evaluation transform,
+with each number of loader workers. Images/s count from the first batch on (the workers' start-up is reported apart),
+the median of the rounds, run interleaved. The validation loader gives uint8 batches, which the trainer normalises where
 the model is (``BatchNormalize``: on a GPU, off the CPU); ``eval-per-image`` measures the earlier per-image
 normalisation beside it. The profile times each step of one image's pipeline in one process.
-
 The cores-per-GPU estimate: vHeat-T's training step at the paper's A100 throughput (1514 images/s in inference,
 a training step about a third of that) divided by the training loader's images/s per core (one worker).
 """

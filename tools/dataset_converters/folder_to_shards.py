@@ -1,7 +1,8 @@
 """Write an ImageNet-style folder as the Hugging Face hub keeps ImageNet (parquet) or as WebDataset tar shards.
 
     python tools/dataset_converters/folder_to_shards.py /data/ImageNet2012 /data/imagenet-parquet --format parquet
-    python tools/dataset_converters/folder_to_shards.py /data/ImageNet2012 /data/imagenet-wds --format wds [--shard-size 1000]
+    python tools/dataset_converters/folder_to_shards.py /data/ImageNet2012 /data/imagenet-wds --format wds \
+        [--shard-size 1000]
 
 The samples and labels are those torchvision's ImageFolder gives (sorted class names), in its order, so that a run
 on either copy sees the folder run's images (``DATA.DATASET hfds`` / ``wds``). The image files are stored as they

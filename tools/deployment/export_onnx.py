@@ -1,7 +1,7 @@
 """Export vHeat to ONNX and check it with onnxruntime; optionally time onnxruntime against eager PyTorch.
 
     python tools/deployment/export_onnx.py --model vheat_tiny --checkpoint vHeat_tiny.pth --out vheat_tiny.onnx
-    python tools/deployment/export_onnx.py --model vheat_tiny --out vheat_tiny.onnx --benchmark --batch 16   # CPU images/s
+    python tools/deployment/export_onnx.py --model vheat_tiny --out vheat_tiny.onnx --benchmark --batch 16  # CPU img/s
 
 The exported graph is the inference layout (``infer_init``: decay maps folded) at one resolution (``--img-size``,
 square), weights included in the one file; the batch dimension is dynamic. Export another file for another resolution. The export uses torch's

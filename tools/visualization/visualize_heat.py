@@ -1,6 +1,7 @@
 """What vHeat's heat conduction operator does to an image, or a volume, for several values of k*t.
 
-    python tools/visualization/visualize_heat.py [--image assets/sample.jpg] [--kt 0 2 8 32 128] [--out docs/heat_conduction.png]
+    python tools/visualization/visualize_heat.py [--image assets/sample.jpg] [--kt 0 2 8 32 128] \
+        [--out docs/heat_conduction.png]
     python tools/visualization/visualize_heat.py --volume [--kt 0 4 16 64] [--out docs/heat_conduction_3d.png]
 
 Each channel of the image is a heat source; ``u = heat_conduction(x, exp(-kt * frequency_distance))`` solves
