@@ -1,4 +1,4 @@
-"""The application's own errors: bad input to a command line, a checkpoint that cannot be written or used.
+"""The application's own errors: bad input to a command line, a checkpoint that does not fit.
 
 Both derive from the library's :class:`~classification.models.errors.VHeatError`, which every command line
 answers with one line (:func:`classification.core.cli.exit_on_errors`).
@@ -11,4 +11,4 @@ class UsageError(VHeatError, ValueError):
 
 
 class CheckpointError(VHeatError, RuntimeError):
-    """A checkpoint cannot be written, or does not fit the model built from the config."""
+    """A checkpoint does not fit the model built from the config (or its optimizer state this run)."""

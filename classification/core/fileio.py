@@ -2,7 +2,8 @@
 
 Each is written under a temporary name, fsynced, renamed into place and its folder fsynced: a crash, a kill or a
 power loss leaves the old file or the new one, never half of one; a failing write removes its temporary file and
-names the path and the cause.
+raises an OSError whose message names the path and the cause (what every command reports in one line). It imports
+nothing of the project, so that mmengine's checkpoint hook (:mod:`classification.mm.hooks`) loads no model code.
 """
 import contextlib
 import io
@@ -10,8 +11,6 @@ import json
 import os
 
 import torch
-
-from .errors import CheckpointError
 
 
 def commit_file(tmp: str, path: str) -> None:
@@ -31,8 +30,8 @@ def commit_file(tmp: str, path: str) -> None:
 
 
 def write_durably(path: str, data, what: str = 'checkpoint') -> None:
-    """Atomic, durable replacement of ``path`` by ``data`` (bytes-like); ``what`` names the file in the
-    CheckpointError a failed write raises (the previous file is untouched)."""
+    """Atomic, durable replacement of ``path`` by ``data`` (bytes-like); ``what`` names the file in the OSError a
+    failed write raises (the previous file is untouched)."""
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'wb') as f:
@@ -41,7 +40,7 @@ def write_durably(path: str, data, what: str = 'checkpoint') -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise CheckpointError(f'cannot write {what} {path}: {e.strerror or e}') from None
+        raise OSError(f'cannot write {what} {path}: {e.strerror or e}') from None
 
 
 def save_checkpoint(path: str, state: dict) -> None:
