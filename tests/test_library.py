@@ -335,3 +335,15 @@ def test_import_vheat_is_the_checkout_library_once():
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.split() == [os.path.join(ROOT, 'classification', 'models', '__init__.py'), 'True']
+
+
+def test_timm_hub_conventions_round_trip_and_feed_load_pretrained(tmp_path):
+    """timm's save_for_hf / ``local-dir:`` round-trip a vHeat; its model.safetensors loads into a wrapped vHeat."""
+    torch.manual_seed(0)
+    model = timm.create_model('vheat_tiny', num_classes=5).eval()
+    timm.models.save_for_hf(model, str(tmp_path), safe_serialization=True)
+    again = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    report = vheat.load_pretrained(SARClassifier(), str(tmp_path / 'model.safetensors'))
+    assert report.prefix == '' and not report.skipped and report.adapted == [
+        'stem.conv1.weight 3->1 input channels']
