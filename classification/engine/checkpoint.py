@@ -11,8 +11,9 @@ from timm.models._helpers import clean_state_dict
 from classification.core.errors import CheckpointError
 from classification.models import find_state_dict, load_checkpoint
 from classification.models.errors import VHeatError
-from classification.models.serialization import key_mismatch, read_bytes
+from classification.models.serialization import read_bytes
 from classification.models.vheat import rename_official_key
+from classification.models import weights
 
 
 def auto_resume_file(output_dir: str):
@@ -41,22 +42,10 @@ def load_weights(model: torch.nn.Module, state_dict, source: str, new_classifier
     classifier of another number of classes is left as initialised (fine-tuning); returns its keys then."""
     if not isinstance(state_dict, dict):
         raise CheckpointError(f'{source}: expected a state dict of tensors, got {type(state_dict).__name__}')
-    convert = getattr(model, 'convert_state_dict', clean_state_dict)
-    try:
-        converted = convert(dict(state_dict))
-    except (ValueError, KeyError, AttributeError) as e:
-        raise CheckpointError(f'{source}: {e.args[0] if e.args else e}') from None
-    own = model.state_dict()
-    kept_new = []
-    if new_classifier_ok:
-        kept_new = [k for k in classifier_keys(model)
-                    if k in converted and k in own and converted[k].shape != own[k].shape]
-        converted = {k: v for k, v in converted.items() if k not in kept_new}
-    mismatch = key_mismatch(converted, own, allowed_missing=tuple(kept_new))
-    if mismatch:
-        raise CheckpointError(f'{source} does not fit the configured model (another architecture?): {mismatch}')
-    model.load_state_dict(converted, strict=not kept_new)
-    return kept_new
+    loaded = weights.load_weights(model, state_dict, source, 'the configured model (another architecture?)',
+                                  skip_unfit=classifier_keys(model) if new_classifier_ok else (),
+                                  error=CheckpointError)
+    return list(loaded.skipped)
 
 
 def is_official_checkpoint(checkpoint: dict) -> bool:

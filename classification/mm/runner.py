@@ -3,6 +3,7 @@ srun set-up, and mmengine's Runner with strict loading of official and own check
 weights-only (:mod:`classification.mm.checkpoints`, registered at import)."""
 import argparse
 import os
+from functools import partial
 from typing import Dict
 
 import torch
@@ -15,7 +16,8 @@ from classification.core.errors import UsageError
 from classification.core.launch import started_by_srun, use_srun_environment
 from classification.models import find_state_dict
 from classification.models.backbone import vHeatBackbone
-from classification.models.serialization import IncompatibleCheckpointError, key_mismatch, load_checkpoint
+from classification.models.serialization import load_checkpoint
+from classification.models.weights import load_weights
 
 from . import checkpoints  # noqa: F401  (Runner checkpoints weights-only)
 
@@ -44,11 +46,8 @@ def load_weights_strictly(model: torch.nn.Module, checkpoint: dict, path: str) -
     """Load a Runner checkpoint (official layout or ours) or a plain state dict into the model under its wrappers;
     after conversion every key must fit."""
     model = unwrap(model)
-    state_dict = convert_checkpoint_keys(model, find_state_dict(checkpoint, 'state_dict', path))
-    mismatch = key_mismatch(state_dict, model.state_dict())
-    if mismatch:
-        raise IncompatibleCheckpointError(f'{path} does not fit the {type(model).__name__} of the config: {mismatch}')
-    model.load_state_dict(state_dict, strict=True)
+    load_weights(model, find_state_dict(checkpoint, 'state_dict', path), path, f'the {type(model).__name__} of the config',
+                 convert=partial(convert_checkpoint_keys, model))
 
 
 class StrictRunner(Runner):

@@ -9,8 +9,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .serialization import IncompatibleCheckpointError, find_state_dict, key_mismatch, load_checkpoint
+from .serialization import find_state_dict, load_checkpoint
 from .vheat import FREQ_EMBED_RESIZE, checkpoint_filter_fn, vHeat
+from .weights import load_weights
 
 _logger = logging.getLogger(__name__)
 _OFFICIAL_OUT_NORM = re.compile(r'^outnorm(\d+)\.')  # the official mmdet/mmseg wrapper's (MMDET_VHEAT) output norms
@@ -83,18 +84,9 @@ class vHeatBackbone(vHeat):
         state_dict = find_state_dict(load_checkpoint(path), weights, path)
         if any(k.startswith('backbone.') for k in state_dict):
             state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-        try:
-            state_dict = self.convert_state_dict(state_dict)
-        except (ValueError, KeyError, AttributeError) as e:
-            raise IncompatibleCheckpointError(f'{path}: {e.args[0] if e.args else e}') from None
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
-        dropped = tuple(f'stages.{i}.' for i in range(len(self.stages), len(self.depths)))
-        mismatch = key_mismatch(state_dict, self.state_dict(), ('out_norms.',), dropped)
-        if mismatch:
-            raise IncompatibleCheckpointError(f'{path} does not fit the vHeat backbone (another architecture or '
-                                              f'size?): {mismatch}')
-        result = self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith(dropped)},
-                                      strict=False)
+        loaded = load_weights(self, state_dict, path, 'the vHeat backbone (another architecture or size?)',
+                              skip_unfit=('head.',), allowed_missing=('out_norms.',),
+                              pruned=tuple(f'stages.{i}.' for i in range(len(self.stages), len(self.depths))))
         _logger.info('Loaded %s into vHeatBackbone%s', path,
-                     ' (output norms start as initialised)' if result.missing_keys else '')
-        return result
+                     ' (output norms start as initialised)' if loaded.result.missing_keys else '')
+        return loaded.result

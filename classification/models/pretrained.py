@@ -7,14 +7,15 @@ release's, this project's, a bare state dict or a ``.safetensors`` file, saved u
 """
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models._manipulate import adapt_input_conv
 
-from .serialization import IncompatibleCheckpointError, find_state_dict, key_mismatch, load_checkpoint
+from .serialization import IncompatibleCheckpointError, find_state_dict, load_checkpoint
 from .vheat import FREQ_EMBED_RESIZE, vHeat
+from .weights import describe_skipped, load_weights
 
 __all__ = ['load_pretrained', 'PretrainedReport']
 
@@ -111,33 +112,18 @@ def load_pretrained(module: nn.Module, source: str, prefix: Optional[str] = None
     state_dict = _take_prefix(state_dict, prefix, source) if prefix else state_dict
     embeds = {i: state_dict.get(f'stages.{i}.freq_embed', state_dict.get(f'freq_embed.{i}'))
               for i in range(len(model.depths))}
-    try:
-        converted = model.convert_state_dict(state_dict, freq_embed_resize=freq_embed_resize)
-    except (ValueError, KeyError) as e:
-        raise IncompatibleCheckpointError(f'{source}: {e.args[0] if e.args else e}') from None
-    own = model.state_dict()
     report = PretrainedReport(source, name or type(model).__name__, prefix, 0)
+    loaded = load_weights(model, state_dict, source, f'{report.target} (another architecture or size?)',
+                          convert=partial(model.convert_state_dict, freq_embed_resize=freq_embed_resize),
+                          adapt_stem='stem.conv1.weight', skip_unfit=('head.',),
+                          allowed_missing=('head.fc.', 'out_norms.'),
+                          pruned=tuple(f'stages.{i}.' for i in range(len(model.stages), len(model.depths))))
+    own = model.state_dict()
     for i, embed in embeds.items():
         key = f'stages.{i}.freq_embed'
         if embed is not None and key in own and embed.shape != own[key].shape:
             report.resized.append(f'{key} {_shape(embed)}->{_shape(own[key])} ({freq_embed_resize})')
-    stem = 'stem.conv1.weight'
-    if stem in converted and converted[stem].shape[1] != own[stem].shape[1]:
-        report.adapted.append(f'{stem} {converted[stem].shape[1]}->{own[stem].shape[1]} input channels')
-        converted[stem] = adapt_input_conv(own[stem].shape[1], converted[stem])
-    order = {key: i for i, key in enumerate(own)}  # the model's order, whatever the file's (safetensors sorts)
-    for key in sorted((k for k in converted if k.startswith('head.')), key=lambda k: (order.get(k, len(order)), k)):
-        if key not in own or converted[key].shape != own[key].shape:
-            report.skipped.append(f'{key} {_shape(converted.pop(key))}')
-    dropped_stages = tuple(f'stages.{i}.' for i in range(len(model.stages), len(model.depths)))  # features-only
-    mismatch = key_mismatch(converted, own, allowed_missing=('head.fc.', 'out_norms.'),
-                            allowed_unexpected=dropped_stages)
-    if mismatch:
-        raise IncompatibleCheckpointError(f'{source} does not fit {report.target} (another architecture or size?): '
-                                          f'{mismatch}')
-    converted = {k: v for k, v in converted.items() if not k.startswith(dropped_stages)}
-    model.load_state_dict(converted, strict=False)
-    report.loaded = len(converted)
-    report.initialised = [k for k in own if k not in converted]
+    report.adapted, report.skipped = loaded.adapted, describe_skipped(loaded)
+    report.loaded, report.initialised = len(loaded.loaded), loaded.initialised
     _logger.info('%s', report)
     return report
