@@ -27,12 +27,12 @@ from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._helpers import clean_state_dict
-from timm.models._manipulate import adapt_input_conv
 from torch.utils.checkpoint import checkpoint
 
-from .dct import DCT_IMPLS, frequency_distance, heat_conduction, heat_decay
-from .serialization import (DOWNLOAD_ERRORS, CheckpointDownloadError, IncompatibleCheckpointError, download_failure,
-                            find_state_dict, key_mismatch, load_checkpoint)
+from .dct import DCT_IMPLS, frequency_distance
+from .lean_backward import conductivity_decay, gated_heat_conduction, stem_activations
+from .serialization import DOWNLOAD_ERRORS, CheckpointDownloadError, download_failure, find_state_dict, load_checkpoint
+from .weights import load_weights
 
 __all__ = ['vHeat', 'checkpoint_filter_fn', 'rename_official_key']
 
@@ -111,13 +111,13 @@ class Stem(nn.Module):
         first = tuple(min(s, 2) for s in stride)
         self.conv1 = conv(in_chans, out_chans // 2, kernel_size=3, stride=first, padding=1)
         self.norm1 = nn.LayerNorm(out_chans // 2, eps=1e-6)
-        self.act = nn.GELU()
         self.conv2 = conv(out_chans // 2, out_chans, kernel_size=3, stride=tuple(s // f for s, f in zip(stride, first)),
                           padding=1)
         self.norm2 = nn.LayerNorm(out_chans, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(_channels_last(self.conv1(x))))
+        x = stem_activations(x, self.conv1.weight, self.conv1.bias, self.norm1.weight, self.norm1.bias, self.norm1.eps,
+                             list(self.conv1.stride))
         return self.norm2(_channels_last(self.conv2(_channels_first(x))))
 
 
@@ -168,7 +168,7 @@ class HeatConduction(nn.Module):
             return resize_map(self.k_exp, size)
         if freq_embed is None:
             raise ValueError('HeatConduction in training layout needs the stage frequency embedding')
-        return heat_decay(self.to_k(freq_embed))
+        return conductivity_decay(freq_embed, self.to_k[0].weight, self.to_k[0].bias)
 
     @torch.no_grad()
     def fold_decay(self, freq_embed: torch.Tensor) -> None:
@@ -177,14 +177,10 @@ class HeatConduction(nn.Module):
         del self.to_k
 
     def forward(self, x: torch.Tensor, freq_embed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = _channels_last(self.dwconv(_channels_first(x)))
-        # the two halves of `linear` as two products: u comes out contiguous for the DCT
-        w_u, w_z = self.linear.weight.chunk(2)
-        b_u, b_z = self.linear.bias.chunk(2)
-        u, z = F.linear(x, w_u, b_u), F.linear(x, w_z, b_z)
-        size = [u.shape[axis + 1] for axis in range(self.spatial_dims)]
-        u = heat_conduction(u, self.decay(size, freq_embed), self.dct_impl)
-        return self.out_linear(self.out_norm(u) * F.silu(z))
+        size = [x.shape[axis + 1] for axis in range(self.spatial_dims)]
+        return gated_heat_conduction(x, self.dwconv.weight, self.dwconv.bias, self.decay(size, freq_embed),
+                                     self.linear.weight, self.linear.bias, self.out_norm.weight, self.out_norm.bias,
+                                     self.out_linear.weight, self.out_linear.bias, self.out_norm.eps, self.dct_impl)
 
 
 class HeatBlock(nn.Module):
@@ -370,26 +366,11 @@ class vHeat(nn.Module):
         IncompatibleCheckpointError naming it.
         """
         weights = weights or PRETRAINED_WEIGHTS.get((getattr(self, 'pretrained_cfg', None) or {}).get('tag'), 'model')
-        state_dict = clean_state_dict(find_state_dict(load_checkpoint(path), weights, path))
-        try:
-            state_dict = self.convert_state_dict(state_dict)
-        except (ValueError, KeyError) as e:
-            raise IncompatibleCheckpointError(f'{path}: {e.args[0] if e.args else e}') from None
-        own = self.state_dict()
-        first_conv = 'stem.conv1.weight'
-        if first_conv in state_dict and state_dict[first_conv].shape[1] != own[first_conv].shape[1]:
-            state_dict[first_conv] = adapt_input_conv(own[first_conv].shape[1], state_dict[first_conv])
-        head = [k for k in ('head.fc.weight', 'head.fc.bias')
-                if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape)]
-        for key in head:
-            del state_dict[key]
-        mismatch = key_mismatch(state_dict, own, allowed_missing=('head.fc.',) if head else ())
-        if mismatch:
-            raise IncompatibleCheckpointError(f'{path} does not fit {type(self).__name__} (another architecture or '
-                                              f'size?): {mismatch}')
-        self.load_state_dict(state_dict, strict=not head)
+        loaded = load_weights(self, clean_state_dict(find_state_dict(load_checkpoint(path), weights, path)), path,
+                              f'{type(self).__name__} (another architecture or size?)', adapt_stem='stem.conv1.weight',
+                              skip_unfit=('head.fc.weight', 'head.fc.bias'))
         _logger.info('Loaded %s of %s%s', weights, path,
-                     f' (classifier of {self.num_classes} classes newly initialised)' if head else '')
+                     f' (classifier of {self.num_classes} classes newly initialised)' if loaded.skipped else '')
 
     @torch.no_grad()
     def infer_init(self) -> None:
