@@ -1,12 +1,23 @@
 import os
 import socket
-import sys
+import warnings
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+
+
+def jit_script(module):
+    """``torch.jit.script(module)``. TorchScript is deprecated since torch 2.14 (``torch.jit.script`` warns with a
+    FutureWarning, silenced here: the deprecation is torch's, the check is ours); the models keep scripting as long
+    as torch has it, and a torch without it skips the test."""
+    if not hasattr(torch.jit, 'script'):
+        pytest.skip(f'torch {torch.__version__} has no TorchScript')
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+        return torch.jit.script(module)
 
 
 @pytest.fixture(scope='session')
@@ -16,7 +27,7 @@ def official_io():
 
 @pytest.fixture(scope='session')
 def official_checkpoint():
-    from classification.models import load_checkpoint
+    from vheat import load_checkpoint
     return load_checkpoint(os.path.join(FIXTURES, 'official_vheat_mini.pth'))
 
 

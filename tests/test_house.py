@@ -126,3 +126,33 @@ def test_one_function_finds_the_state_dict():
     lookups = [os.path.relpath(path, ROOT) for path in _python_files('classification', 'tools')
                if re.search(r"\.get\('(model|model_ema|state_dict)', ", open(path).read())]
     assert lookups == []
+
+
+def _imported_top_levels(path: str) -> set:
+    names = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split('.')[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split('.')[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'importorskip':
+            names.add(node.args[0].value.split('.')[0])
+    return names
+
+
+def test_the_library_tests_need_torch_timm_and_pytest_alone():
+    """tests/library (and the conftest they share) import the library as ``vheat``, torch, timm (torchvision and
+    safetensors being timm's own dependencies), pytest and the standard library: what the minimum environment of
+    .ci/run installs."""
+    allowed = {'vheat', 'torch', 'torchvision', 'safetensors', 'timm', 'pytest', 'conftest'} | set(
+        sys.stdlib_module_names)
+    found = {os.path.relpath(path, ROOT): sorted(_imported_top_levels(path) - allowed)
+             for path in _python_files('tests/library') + [os.path.join(ROOT, 'tests', 'conftest.py')]}
+    assert len(found) >= 6 and not any(found.values()), found
+
+
+def test_the_house_check_of_the_library_tests_finds_another_import(tmp_path):
+    path = tmp_path / 'test_x.py'
+    path.write_text('import torch\nfrom classification.models import vHeat\nnp = __import__("pytest").importorskip('
+                    '"numpy")\n')
+    assert _imported_top_levels(str(path)) == {'torch', 'classification', 'numpy'}

@@ -78,7 +78,7 @@ def test_the_wheel_holds_the_library_alone_and_works_apart_from_the_checkout(tmp
     metadata = archive.read('vheat-1.0.0.dist-info/METADATA').decode()
     assert 'License-Expression: Apache-2.0' in metadata
     assert sorted(line for line in metadata.splitlines() if line.startswith('Requires-Dist:') and 'extra' not in
-                  line) == ['Requires-Dist: timm>=1.0.9', 'Requires-Dist: torch>=2.1']
+                  line) == ['Requires-Dist: timm>=1.0.26', 'Requires-Dist: torch>=2.6']
     target = tmp_path / 'site'
     installed = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--target',
                                 str(target), str(wheel)], capture_output=True, text=True, timeout=300)

@@ -5,6 +5,8 @@
     python tools/analysis_tools/benchmark.py --dct-sweep     # matmul vs FFT DCT per feature-map size (dct_impl)
     python tools/analysis_tools/benchmark.py --sweep [--quick]   # 224..1024: images/s, memory, GFLOPs, exponents
     python tools/analysis_tools/benchmark.py --volume-sweep      # 3-D: heat conduction vs attention, 16^3..64^3
+    python tools/analysis_tools/benchmark.py --train-memory      # one training step: peak memory and time, 224..1024
+    python tools/analysis_tools/benchmark.py --saved-bytes       # what autograd keeps of one block, per operation
 
 On CPU, inference is timed for vHeat-T as it is and with the CPU streaming engine switched on
 (``enable_cpu_streaming``), which is what a CPU deployment should use; training always runs the reference model.
@@ -16,6 +18,10 @@ On CUDA the timings use CUDA events after a synchronisation; on CPU, ``time.perf
 import argparse
 import copy
 import ctypes
+import json
+import os
+import subprocess
+import sys
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
@@ -26,6 +32,7 @@ import torch.nn.functional as F
 from classification.core.cli import exit_on_errors, require_device, require_positive
 from classification.core.errors import UsageError
 from classification.core.fileio import save_figure, write_json
+from classification.core.memory import saved_bytes
 from classification.core.timing import interleaved
 from classification.models import enable_cpu_streaming  # noqa: (the import registers vheat_* with timm)
 from classification.models.dct import dctn
@@ -270,6 +277,129 @@ def resolution_sweep(args, device) -> Dict:
     return result
 
 
+TRAIN_MEMORY_MODELS = ('vHeat-T', 'Swin-T', 'ConvNeXt-T', 'DeiT-S')
+TRAIN_MEMORY_CASES = ((224, 8), (512, 2), (1024, 1))  # (size, batch)
+
+
+def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer
+                  ) -> Callable[[], None]:
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return step
+
+
+def train_memory_case(label: str, size: int, batch: int, grad_checkpointing: bool, rounds: int,
+                      device: torch.device) -> Dict:
+    """Peak memory added by one training step (forward, cross-entropy, backward, AdamW) after a warm-up step, and
+    the median time of ``rounds`` steps, of one model in this process."""
+    _malloc_returns_large_blocks()
+    name, kwargs = SWEEP_MODELS[label]
+    torch.manual_seed(0)
+    model = sized_model(name, kwargs, size).to(device).train()
+    model.set_grad_checkpointing(grad_checkpointing)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    step = training_step(model, x, y, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    step()  # optimizer state, DCT matrices, allocator pools
+    peak = peak_memory(step, device)
+    secs = interleaved({label: step}, rounds, 0, device)[label]
+    return dict(model=label, size=size, batch=batch, grad_checkpointing=grad_checkpointing,
+                peak_memory_mib=peak / 2 ** 20, seconds_per_step=secs)
+
+
+def train_memory(args, device: torch.device) -> Dict:
+    """Every model x size x gradient checkpointing, each in a process of its own (nothing another model allocated
+    stays resident); JSON, plot and the table printed."""
+    rows = []
+    for size, batch in TRAIN_MEMORY_CASES:
+        for grad_checkpointing in (False, True):
+            for label in TRAIN_MEMORY_MODELS:
+                command = [sys.executable, os.path.abspath(__file__), '--device', str(device), '--train-memory-case',
+                           label, str(size), str(batch), str(int(grad_checkpointing)), '--rounds', str(args.rounds)]
+                if args.threads:
+                    command += ['--threads', str(args.threads)]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(f'{label} at {size}: {done.stderr.strip().splitlines()[-1:]}')
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f'  {size:>5} b{batch} {"checkpointed" if grad_checkpointing else "plain":<12} {label:<11}'
+                      f' {row["peak_memory_mib"]:8.0f} MiB  {row["seconds_per_step"]:7.2f} s/step', flush=True)
+    result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                  timm=timm.__version__, rounds=args.rounds,
+                  memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
+                  'peak RSS increase during one training step (VmHWM reset via /proc/self/clear_refs)',
+                  rows=rows, ratios=train_memory_ratios(rows))
+    for key, ratio in result['ratios'].items():
+        print(f'  {key}: {ratio:.3f}')
+    json_path = args.json or 'docs/train_memory.json'
+    write_json(json_path, result)
+    plot_train_memory(result, args.plot or 'docs/train_memory.png')
+    print(f'wrote {json_path} and {args.plot or "docs/train_memory.png"}')
+    return result
+
+
+def train_memory_ratios(rows: List[Dict]) -> Dict[str, float]:
+    """vHeat-T's peak memory and step time over each peer's, per size, without gradient checkpointing."""
+    plain = {(r['model'], r['size']): r for r in rows if not r['grad_checkpointing']}
+    ratios = {}
+    for (label, size), row in sorted(plain.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        mine = plain.get(('vHeat-T', size))
+        if label != 'vHeat-T' and mine:
+            ratios[f'{size} memory vHeat-T / {label}'] = mine['peak_memory_mib'] / row['peak_memory_mib']
+            ratios[f'{size} time vHeat-T / {label}'] = mine['seconds_per_step'] / row['seconds_per_step']
+    return ratios
+
+
+def plot_train_memory(result: Dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, checkpointed in zip(axes, (False, True)):
+        for label in TRAIN_MEMORY_MODELS:
+            mine = [r for r in result['rows'] if r['model'] == label and r['grad_checkpointing'] == checkpointed]
+            ax.plot([f'{r["size"]}, b{r["batch"]}' for r in mine], [r['peak_memory_mib'] for r in mine], marker='o',
+                    label=label, linewidth=2.5 if label.startswith('vHeat') else 1.2)
+        ax.set_title('gradient checkpointing' if checkpointed else 'plain training step')
+        ax.set_ylabel('peak memory of one training step (MiB)')
+        ax.set_yscale('log')
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f'One training step, float32, {result["device"]} ({result["memory_measure"]})', fontsize=9)
+    _save(fig, path)
+
+
+# the stage-1 block of each model whose saved tensors --saved-bytes lists
+SAVED_BYTES_BLOCKS = {'vHeat-T': 'stages.0.blocks.0', 'Swin-T': 'layers.0.blocks.0', 'ConvNeXt-T': 'stages.0.blocks.0'}
+
+
+def saved_bytes_table(args, device: torch.device) -> Dict:
+    """What autograd keeps for backward in one stage-1 block of each model at --saved-bytes-size, batch 1, per
+    (module, operation), and each model's total."""
+    size = args.saved_bytes_size
+    result = dict(size=size, batch=1, torch=torch.__version__, blocks={}, totals_mib={})
+    for label, block in SAVED_BYTES_BLOCKS.items():
+        name, kwargs = SWEEP_MODELS[label]
+        model = sized_model(name, kwargs, size).to(device).train()
+        x = torch.randn(1, 3, size, size, device=device)
+        saved = saved_bytes(model, lambda: model(x))
+        rows = sorted(((module[len(block) + 1:] or '(block)', op, nbytes / 2 ** 20)
+                       for (module, op), nbytes in saved.items() if module == block or module.startswith(block + '.')),
+                      key=lambda r: -r[2])
+        result['blocks'][label] = [dict(module=m, operation=op, mib=round(mib, 2)) for m, op, mib in rows]
+        result['totals_mib'][label] = sum(saved.values()) / 2 ** 20
+        print(f'\n{label}, {block} at {size}x{size}, batch 1: {sum(r[2] for r in rows):.1f} MiB saved for backward '
+              f'(whole model {result["totals_mib"][label]:.0f} MiB)')
+        for module, op, mib in rows:
+            print(f'  {module:<22} {op:<30} {mib:8.1f} MiB')
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
 VOLUME_SIDES = (16, 24, 32, 40, 48, 64)
 
 
@@ -419,6 +549,16 @@ def main(argv=None) -> Dict:
                         help='--volume-sweep: skip a size whose predicted time per volume is above this (seconds)')
     parser.add_argument('--compile', action='store_true',
                         help='also time every model under torch.compile (default mode), in the same rounds')
+    parser.add_argument('--train-memory', action='store_true',
+                        help='only the training-memory benchmark: peak memory and time of one training step of '
+                             f'{", ".join(TRAIN_MEMORY_MODELS)} at 224 (b8), 512 (b2) and 1024 (b1), with and without '
+                             'gradient checkpointing, each in its own process (docs/train_memory.json and .png)')
+    parser.add_argument('--train-memory-case', nargs=4, metavar=('MODEL', 'SIZE', 'BATCH', 'CHECKPOINTING'),
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--saved-bytes', action='store_true',
+                        help='only the bytes autograd saves for backward in one stage-1 block of vHeat-T, Swin-T and '
+                             'ConvNeXt-T, per operation')
+    parser.add_argument('--saved-bytes-size', type=int, default=1024)
     parser.add_argument('--quick', action='store_true',
                         help='shorter --sweep: 1 timed round, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
@@ -448,6 +588,15 @@ def run(args, device: torch.device) -> Dict:
         return resolution_sweep(args, device)
     if args.volume_sweep:
         return volume_sweep(args, device)
+    if args.train_memory_case:
+        label, size, batch, checkpointed = args.train_memory_case
+        row = train_memory_case(label, int(size), int(batch), bool(int(checkpointed)), args.rounds, device)
+        print(json.dumps(row))
+        return row
+    if args.train_memory:
+        return train_memory(args, device)
+    if args.saved_bytes:
+        return saved_bytes_table(args, device)
     results = {}
     speeds = inference_speed(args, device, args.img_size, args.batch_size)
     results['inference'] = dict(images_per_s=speeds, ratios=report(

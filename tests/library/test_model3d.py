@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from classification.models import inflate_state_dict, vHeat, vHeat3D
+from vheat import inflate_state_dict, vHeat, vHeat3D
 
 VIDEO = dict(patch_size=(2, 4, 4), downsample_stride=(1, 2, 2))
 SMALL = dict(dims=8, depths=[1, 1, 2, 1], num_classes=5, in_chans=1, volume_size=(32, 32, 32))
@@ -97,6 +97,6 @@ def test_bad_3d_arguments_are_refused():
         vHeat3D(**SMALL)(torch.randn(2, 1, 16, 16))
     with pytest.raises(ValueError, match='smaller than the stride'):
         vHeat3D(**dict(SMALL, volume_size=(16, 32, 32)))
-    from classification.models import enable_cpu_streaming
+    from vheat import enable_cpu_streaming
     with pytest.raises(ValueError, match='2-D'):
         enable_cpu_streaming(vHeat3D(**SMALL))
