@@ -5,9 +5,10 @@ import timm
 import torch
 
 import classification.models  # noqa: F401
+from classification.core.memory import peak_memory
 from classification.data.images import SAMPLE_IMAGE as DEFAULT_IMAGE
 from classification.data.images import load_float_image as load_image
-from tools.analysis_tools.benchmark import growth_exponent, peak_memory
+from tools.analysis_tools.benchmark import growth_exponent
 from tools.visualization.visualize_erf import crops, effective_receptive_field
 from tools.visualization.visualize_heat import conduct, point_source, two_sources
 

@@ -15,7 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --core) core=1 ;;
     --keep-torch) keep_torch=1 ;;
-    *) die "unknown argument: $arg (tools/install.sh [--core] [--keep-torch])" ;;
+    *) die "unknown arguments: $arg (tools/install.sh [--core] [--keep-torch])" ;;
   esac
 done
 venv=${VHEAT_VENV:-.venv}

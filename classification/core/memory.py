@@ -1,4 +1,5 @@
-"""What autograd keeps for backward: the bytes of every saved tensor, by the module and the operation that saved it.
+"""Memory of a step: its peak (:func:`peak_memory`), and what autograd keeps for backward (:func:`saved_bytes`): the
+bytes of every saved tensor, by the module and the operation that saved it.
 
 Each storage counts once (a view saved by two operations is one allocation), and parameters count never (they are
 resident whether or not a backward follows). A tensor belongs to the innermost module whose forward was running
@@ -6,6 +7,7 @@ when autograd saved it, and to the torch function being called then (``linear``,
 for a custom autograd function's ``save_for_backward``, the Python function that applied it). What ``torch.utils.checkpoint`` recomputes
 is not saved, and not counted.
 """
+import ctypes
 import sys
 from collections import defaultdict
 from typing import Callable, Dict, List, Tuple
@@ -77,3 +79,55 @@ def saved_bytes(model: nn.Module, forward: Callable[[], object]) -> Dict[Tuple[s
         for h in handles:
             h.remove()
     return dict(totals)
+
+
+def malloc_returns_large_blocks() -> None:
+    """Make glibc serve blocks >= 64 KiB by mmap and unmap them on free (no dynamic threshold).
+
+    Without this, freed activations stay resident in malloc's heap and a later forward reuses them
+    without raising the resident set, so peak-RSS increases would undercount.
+    """
+    try:
+        ctypes.CDLL('libc.so.6').mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_free_heap() -> None:
+    """Give glibc's free heap pages back to the system (``malloc_trim``), so that what a call allocates next
+    is fresh pages that raise the resident set, not free heap that is already resident."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory added by one call of ``fn``, in bytes.
+
+    CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the process's peak resident
+    set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call (free heap given
+    back first), i.e. activations, workspaces and anything else the call makes resident; the weights are
+    already resident and not included.
+    """
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    _release_free_heap()
+    base = _status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets VmHWM to the current resident set
+    fn()
+    return float(_status_kib('VmHWM') - base) * 1024

@@ -42,17 +42,16 @@ def _needs_grad(tensors: List[Optional[torch.Tensor]]) -> bool:
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A depthwise convolution ('same' padding) of a channels-last (B, *spatial, C) tensor, as the model's
-    ``dwconv`` computes it (on the channels-first view)."""
+    """A depthwise convolution ('same' padding: an odd kernel, stride 1) of a channels-last (B, *spatial, C) tensor,
+    as the model's ``dwconv`` computes it (on the channels-first view)."""
     channels_first = x.movedim(-1, 1)
-    padding = weight.shape[-1] // 2
-    groups = x.shape[-1]
+    groups = weight.shape[0]
     if x.ndim == 3:
-        out = F.conv1d(channels_first, weight, bias, padding=padding, groups=groups)
+        out = F.conv1d(channels_first, weight, bias, padding='same', groups=groups)
     elif x.ndim == 4:
-        out = F.conv2d(channels_first, weight, bias, padding=padding, groups=groups)
+        out = F.conv2d(channels_first, weight, bias, padding='same', groups=groups)
     else:
-        out = F.conv3d(channels_first, weight, bias, padding=padding, groups=groups)
+        out = F.conv3d(channels_first, weight, bias, padding='same', groups=groups)
     return out.movedim(1, -1)
 
 
@@ -191,31 +190,23 @@ class GatedHeatConduction(torch.autograd.Function):
         w_u, w_z = in_weight.to(low).chunk(2)
         b_z = in_bias.chunk(2)[1].to(low)
         z = F.linear(x, w_z, b_z)
-        # out = Linear(LayerNorm(h) * SiLU(z)): the norm, the gate and their product again, in the forward's dtypes
+        # out = Linear(LayerNorm(h) * SiLU(z)): the norm (with its statistics), the gate and their product again, in
+        # the forward's dtypes (the norm in float32, as autocast runs it)
         h32 = h.float()
-        var, mean = torch.var_mean(h32, -1, unbiased=False, keepdim=True)
-        rstd = torch.rsqrt(var + ctx.eps)
-        del var
-        normed32 = (h32 - mean).mul_(rstd)
-        del h32, mean
-        normed = normed32 * norm_weight.float() + norm_bias.float()
+        normed, mean, rstd = torch.native_layer_norm(h32, h.shape[-1:], norm_weight.float(), norm_bias.float(),
+                                                     ctx.eps)
         gate = F.silu(z)
         grad_gated = grad_out.matmul(out_weight.to(low)).to(ctx.gated_dtype)
         grad_out_weight = _weight_grad(grad_out, (normed * gate).to(ctx.gated_dtype).to(low)).to(out_weight.dtype)
         grad_out_bias = _sum_to(grad_out, out_weight[:, 0]).to(out_weight.dtype)
-        # gated = LayerNorm(h) * SiLU(z)
-        grad_gate = (grad_gated.float() * normed).to(z.dtype)
-        del normed
-        grad_normed = grad_gated.float() * gate.float()
-        del grad_gated, gate
-        sig = torch.sigmoid(z.float())
-        grad_z = (grad_gate.float() * sig * (1 + z.float() * (1 - sig))).to(low)
-        del grad_gate, sig, z
-        grad_norm_weight = _sum_to(grad_normed * normed32, norm_weight)
-        grad_norm_bias = _sum_to(grad_normed, norm_bias)
-        g = grad_normed.mul_(norm_weight.float())
-        grad_h = (g - g.mean(-1, keepdim=True) - normed32 * (g * normed32).mean(-1, keepdim=True)).mul_(rstd)
-        del g, normed32, rstd
+        # gated = LayerNorm(h) * SiLU(z): autograd's own kernels for the two backwards
+        grad_z = torch.ops.aten.silu_backward((grad_gated * normed).to(z.dtype), z).to(low)
+        del z
+        grad_h, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
+            (grad_gated * gate).float(), h32, h.shape[-1:], mean, rstd, norm_weight.float(), norm_bias.float(),
+            [True, True, True])
+        del grad_gated, gate, normed, h32, mean, rstd
+        grad_norm_weight, grad_norm_bias = grad_norm_weight.to(norm_weight.dtype), grad_norm_bias.to(norm_bias.dtype)
         # h = IDCT(spectrum * decay): the adjoint of the orthonormal inverse DCT is the DCT
         grad_product = dctn(grad_h.to(h.dtype), ctx.impl).to(torch.promote_types(spectrum.dtype, decay.dtype))
         del grad_h

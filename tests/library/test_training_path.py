@@ -46,11 +46,19 @@ def test_training_path_gradients_equal_autograds_in_float32(monkeypatch, variant
     assert errors[worst] <= 1e-5, (worst, errors[worst])
 
 
+def _total_error(reference, other):
+    """The relative error of all gradients together (parameters and input, as one vector)."""
+    difference = sum(((other[name] - g) ** 2).sum() for name, g in reference.items())
+    return (difference / sum((g ** 2).sum() for g in reference.values())).sqrt().item()
+
+
 @pytest.mark.parametrize('batch,height,width', [(1, 64, 64), (4, 64, 96), (4, 75, 61)])
 def test_training_path_under_bfloat16_autocast(monkeypatch, batch, height, width):
     """Under autocast both paths round to bfloat16 (8 bits of mantissa) in their own places, and neither equals
-    the float32 gradients: autograd's are up to 11% (of a tensor's norm) from them here. The training path's error
-    on each tensor is at most twice autograd's (measured: 1.63x, the first convolution's bias), and the two paths are at most 10% apart (measured: 6.1%)."""
+    the float32 gradients. All gradients together, the training path is as close to float32's as autograd's are
+    (bound 1.25x autograd's error; measured 0.78x to 1.10x); tensor by tensor both are up to about a tenth of a
+    tensor's norm away (bound 15% for the training path; the worst measured here: autograd's 10.8%, the training
+    path's 9.9%). A wrong backward is off by the size of the gradient itself."""
     torch.manual_seed(0)
     model = vheat.vHeat(**SMALL).train()
     x, grad = torch.randn(batch, 3, height, width), torch.randn(batch, 10)
@@ -58,11 +66,9 @@ def test_training_path_under_bfloat16_autocast(monkeypatch, batch, height, width
     plain_out, plain = _gradients(model, x, grad, True, monkeypatch, autocast=torch.bfloat16)
     lean_out, lean = _gradients(model, x, grad, False, monkeypatch, autocast=torch.bfloat16)
     assert lean_out.dtype == plain_out.dtype == torch.bfloat16 and torch.equal(lean_out, plain_out)
-    plain_error, lean_error, apart = (_relative_errors(exact, plain), _relative_errors(exact, lean),
-                                      _relative_errors(plain, lean))
-    worse = {n: (lean_error[n], plain_error[n]) for n in exact if lean_error[n] > 2 * plain_error[n] + 1e-3}
-    assert not worse, worse
-    assert max(apart.values()) <= 0.1, max(apart.items(), key=lambda kv: kv[1])
+    assert _total_error(exact, lean) <= 1.25 * _total_error(exact, plain)
+    errors = _relative_errors(exact, lean)
+    assert max(errors.values()) <= 0.15, max(errors.items(), key=lambda kv: kv[1])
 
 
 @pytest.mark.parametrize('layer,shape', [(lambda: vheat.HeatConduction1d(8), (2, 8, 13)),

@@ -17,7 +17,6 @@ On CUDA the timings use CUDA events after a synchronisation; on CPU, ``time.perf
 """
 import argparse
 import copy
-import ctypes
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from classification.core.cli import exit_on_errors, require_device, require_positive
 from classification.core.errors import UsageError
 from classification.core.fileio import save_figure, write_json
-from classification.core.memory import saved_bytes
+from classification.core.memory import malloc_returns_large_blocks, peak_memory, saved_bytes
 from classification.core.timing import interleaved
 from classification.models import enable_cpu_streaming  # noqa: (the import registers vheat_* with timm)
 from classification.models.dct import dctn
@@ -162,58 +161,6 @@ def counted_flops(model: torch.nn.Module, img_size: int) -> float:
     return flop_count(model, (1, 3, img_size, img_size)) / 1e9
 
 
-def _malloc_returns_large_blocks() -> None:
-    """Make glibc serve blocks >= 64 KiB by mmap and unmap them on free (no dynamic threshold).
-
-    Without this, freed activations stay resident in malloc's heap and a later forward reuses them
-    without raising the resident set, so peak-RSS increases would undercount.
-    """
-    try:
-        ctypes.CDLL('libc.so.6').mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _release_free_heap() -> None:
-    """Give glibc's free heap pages back to the system (``malloc_trim``), so that what a call allocates next
-    is fresh pages that raise the resident set, not free heap that is already resident."""
-    try:
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _status_kib(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory added by one call of ``fn``, in bytes.
-
-    CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the process's peak resident
-    set (VmHWM, reset through /proc/self/clear_refs) above its resident set before the call (free heap given
-    back first), i.e. activations, workspaces and anything else the call makes resident; the weights are
-    already resident and not included.
-    """
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - base)
-    _release_free_heap()
-    base = _status_kib('VmRSS')
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # resets VmHWM to the current resident set
-    fn()
-    return float(_status_kib('VmHWM') - base) * 1024
-
-
 def growth_exponent(pixels: List[int], values: List[float]) -> float:
     """Slope of the least-squares line through (log pixels, log value): cost ~ pixels ** slope."""
     if len(pixels) < 2:
@@ -224,7 +171,7 @@ def growth_exponent(pixels: List[int], values: List[float]) -> float:
 
 def resolution_sweep(args, device) -> Dict:
     """Images/s, peak memory and GFLOPs of every model at every size, interleaved per size; JSON + plot."""
-    _malloc_returns_large_blocks()
+    malloc_returns_large_blocks()
     rounds, warmup = (1, 1) if args.quick else (args.rounds, args.warmup)
     batch = args.sweep_batch
     rows = []
@@ -294,7 +241,7 @@ def train_memory_case(label: str, size: int, batch: int, grad_checkpointing: boo
                       device: torch.device) -> Dict:
     """Peak memory added by one training step (forward, cross-entropy, backward, AdamW) after a warm-up step, and
     the median time of ``rounds`` steps, of one model in this process."""
-    _malloc_returns_large_blocks()
+    malloc_returns_large_blocks()
     name, kwargs = SWEEP_MODELS[label]
     torch.manual_seed(0)
     model = sized_model(name, kwargs, size).to(device).train()
@@ -418,7 +365,7 @@ def volume_layers(channels: int, side: int) -> Dict[str, torch.nn.Module]:
 def volume_sweep(args, device) -> Dict:
     """Time and peak memory per volume of one mixing layer, 16^3 to 64^3 voxels; sizes whose predicted time
     passes --volume-budget seconds are skipped (attention grows as voxels^2)."""
-    _malloc_returns_large_blocks()
+    malloc_returns_large_blocks()
     rows, skipped = [], []
     for side in VOLUME_SIDES:
         torch.manual_seed(0)

@@ -3,6 +3,10 @@
     python tools/analysis_tools/downstream_complexity.py [CONFIG ...] [--no-flops] [--json FILE]
         (default: the 8 configs of detection/configs/vheat and segmentation/configs/vheat, and the Swin-T Mask R-CNN
         1x and UperNet configs that mmdet and mmseg ship, the published anchors)
+    python tools/analysis_tools/downstream_complexity.py --train-step [CONFIG ...] [--json FILE]
+        one training iteration at the published training input (batch 1; UperNet batch 2, the least its pyramid
+        pooling's BatchNorm of 1x1 maps trains with): peak memory and time (default: vHeat-T's Mask R-CNN 1x and
+        UperNet beside mmdet's and mmseg's own Swin-T configs), each model in its own process
 
 FLOPs are multiply-adds of one forward pass on one image, counted two ways: with the project's counter
 (``classification.models.flops``: fvcore with the batch dimensions of a broadcasting ``matmul`` counted, as the DCT
@@ -135,13 +139,119 @@ def measure(path: str, with_flops: bool = True) -> Dict[str, object]:
     return row
 
 
+TRAIN_STEP_CONFIGS = ('detection/configs/vheat/mask_rcnn_fpn_coco_tiny.py', ANCHORS[0],
+                      'segmentation/configs/vheat/upernet_vheat_160k_ade20k_512x512_tiny.py', ANCHORS[1])
+DETECTION_TRAIN_SHAPE, SEGMENTATION_TRAIN_SHAPE = (800, 1333), (512, 512)  # (H, W): the 1x resize, the crop
+
+
+def _config_path(entry) -> str:
+    if isinstance(entry, tuple):
+        import importlib
+        package, path = entry
+        return os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'configs', path)
+    return os.path.join(ROOT, entry)
+
+
+def synthetic_batch(model, generator: torch.Generator) -> dict:
+    """Training images at the published training size with their annotations, through the model's data
+    preprocessor: one 1333 x 800 image with 5 boxes and their masks (Mask R-CNN 1x), or two 512 x 512 crops with
+    150-class label maps (UperNet: its pyramid pooling normalises 1x1 maps, which BatchNorm cannot train on one)."""
+    if hasattr(model, 'roi_head'):
+        from mmdet.structures import DetDataSample
+        from mmdet.structures.mask import BitmapMasks
+        from mmengine.structures import InstanceData
+        height, width = DETECTION_TRAIN_SHAPE
+        corners = torch.rand(5, 2, 2, generator=generator) * torch.tensor([width - 1., height - 1.])
+        boxes = torch.cat([corners.min(1).values, corners.max(1).values + 16], dim=1)
+        masks = torch.zeros(5, height, width, dtype=torch.uint8)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.round().long().tolist()):
+            mask[y0:y1, x0:x1] = 1
+        sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                             pad_shape=(height, width), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.randint(0, 80, (5,), generator=generator),
+                                           masks=BitmapMasks(masks.numpy(), height, width))
+        samples = [sample]
+    else:
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+        height, width = SEGMENTATION_TRAIN_SHAPE
+        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                             pad_shape=(height, width)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, height, width), generator=generator))
+        samples = [sample, sample.clone()]
+    images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator) for _ in samples]
+    return model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+
+
+def train_step(path: str, rounds: int) -> Dict[str, object]:
+    """Peak memory added by one training iteration (losses, backward, AdamW) after a warm-up one, and the median
+    time of ``rounds`` iterations, of the config's model on CPU (plain BatchNorm for SyncBN)."""
+    from mmengine.config import Config
+
+    from classification.core.memory import malloc_returns_large_blocks, peak_memory
+    from classification.core.timing import interleaved
+    from classification.mm.runner import run_on_cpu
+    malloc_returns_large_blocks()
+    cfg = Config.fromfile(path)
+    run_on_cpu(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    data = synthetic_batch(model, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        torch.manual_seed(0)  # the RPN's and the samplers' draws: the same proposals every time
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = model.parse_losses(model(**data, mode='loss'))
+        loss.backward()
+        optimizer.step()
+    step()
+    peak = peak_memory(step, torch.device('cpu'))
+    seconds = interleaved({'step': step}, rounds, 0, torch.device('cpu'))['step']
+    batch, _, height, width = data['inputs'].shape
+    return {'config': os.path.basename(path), 'input': f'{width}x{height}', 'batch': batch,
+            'peak_memory_mib': peak / 2 ** 20, 'seconds_per_iteration': seconds}
+
+
+def train_steps(configs: List[str], rounds: int, json_path: Optional[str]) -> List[Dict[str, object]]:
+    import json
+    import subprocess
+    import sys
+    rows = []
+    for path in configs:
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), '--train-step-one', path, '--rounds',
+                               str(rounds)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f'{path}: {done.stderr.strip().splitlines()[-1:]}')
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f'{row["config"]:70s} {row["input"]:>9s} b{row["batch"]} {row["peak_memory_mib"]:8.0f} MiB '
+              f'{row["seconds_per_iteration"]:7.2f} s/iteration', flush=True)
+    if json_path:
+        write_json(json_path, rows)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('configs', nargs='*')
     parser.add_argument('--no-flops', action='store_true', help='parameters only (no forward pass)')
     parser.add_argument('--json', help='write the table here as well')
+    parser.add_argument('--train-step', action='store_true',
+                        help='one training iteration at the published training input: peak memory and time')
+    parser.add_argument('--rounds', type=int, default=3, help='--train-step: timed iterations (median reported)')
+    parser.add_argument('--train-step-one', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with exit_on_errors():
+        if args.train_step_one:
+            import json
+            print(json.dumps(train_step(args.train_step_one, args.rounds)))
+            return
+        if args.train_step:
+            configs = [require_file(path, 'CONFIG', 'config file') for path in args.configs] or [
+                _config_path(entry) for entry in TRAIN_STEP_CONFIGS]
+            train_steps(configs, args.rounds, args.json)
+            return
         configs = [require_file(path, 'CONFIG', 'config file') for path in args.configs] or default_configs()
         rows: List[Dict[str, object]] = []
         print(f'{"config":70s} {"backbone":>8s} {"neck":>6s} {"heads":>6s} {"total":>7s} {"(publ.)":>7s}  '
