@@ -5,10 +5,11 @@ would.
 command; each learns its place from SLURM: rank ``SLURM_PROCID``, world size ``SLURM_NTASKS``, local rank
 ``SLURM_LOCALID``, and the address of the step's first node. torchrun's own variables, where set, win.
 """
+import json
 import os
 import shutil
 import subprocess
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -121,3 +122,12 @@ def init_distributed(local_rank_flag: int) -> Tuple[int, int, torch.device]:
         device = torch.device('cpu')
         dist.init_process_group('gloo')
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def last_json_line(command: List[str]) -> Any:
+    """Run ``command`` (a measuring worker, in a process of its own) and return the JSON its last output line holds;
+    a failed worker is a RuntimeError with its last error line."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f'{" ".join(command[1:])}: {done.stderr.strip().splitlines()[-1:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])

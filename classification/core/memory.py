@@ -4,8 +4,8 @@ bytes of every saved tensor, by the module and the operation that saved it.
 Each storage counts once (a view saved by two operations is one allocation), and parameters count never (they are
 resident whether or not a backward follows). A tensor belongs to the innermost module whose forward was running
 when autograd saved it, and to the torch function being called then (``linear``, ``layer_norm``, ``matmul`` ...;
-for a custom autograd function's ``save_for_backward``, the Python function that applied it). What ``torch.utils.checkpoint`` recomputes
-is not saved, and not counted.
+for a custom autograd function's ``save_for_backward``, the Python function that applied it). What
+``torch.utils.checkpoint`` recomputes is not saved, and not counted.
 """
 import ctypes
 import sys

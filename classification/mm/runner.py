@@ -46,8 +46,8 @@ def load_weights_strictly(model: torch.nn.Module, checkpoint: dict, path: str) -
     """Load a Runner checkpoint (official layout or ours) or a plain state dict into the model under its wrappers;
     after conversion every key must fit."""
     model = unwrap(model)
-    load_weights(model, find_state_dict(checkpoint, 'state_dict', path), path, f'the {type(model).__name__} of the config',
-                 convert=partial(convert_checkpoint_keys, model))
+    load_weights(model, find_state_dict(checkpoint, 'state_dict', path), path,
+                 f'the {type(model).__name__} of the config', convert=partial(convert_checkpoint_keys, model))
 
 
 class StrictRunner(Runner):

@@ -218,7 +218,8 @@ class GatedHeatConduction(torch.autograd.Function):
         grad_x_in, grad_conv_weight, *grad_conv_bias = torch.autograd.grad(x_grad, conv_inputs, grad_x)
         grad_in_weight = torch.cat([_weight_grad(grad_u, x), _weight_grad(grad_z, x)])
         grad_in_bias = torch.cat([_sum_to(grad_u, w_u[:, 0]), _sum_to(grad_z, w_z[:, 0])])
-        return (grad_x_in, grad_conv_weight, grad_conv_bias[0] if grad_conv_bias else None, grad_decay, grad_in_weight.to(in_weight.dtype),
+        return (grad_x_in, grad_conv_weight, grad_conv_bias[0] if grad_conv_bias else None, grad_decay,
+                grad_in_weight.to(in_weight.dtype),
                 grad_in_bias.to(in_weight.dtype), grad_norm_weight, grad_norm_bias, grad_out_weight, grad_out_bias,
                 None, None)
 

@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 from typing import Callable, Dict, List, Sequence
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from classification.core.cli import exit_on_errors, require_device, require_positive
 from classification.core.errors import UsageError
 from classification.core.fileio import save_figure, write_json
+from classification.core.launch import last_json_line
 from classification.core.memory import malloc_returns_large_blocks, peak_memory, saved_bytes
 from classification.core.timing import interleaved
 from classification.models import enable_cpu_streaming  # noqa: (the import registers vheat_* with timm)
@@ -237,47 +237,61 @@ def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opti
     return step
 
 
-def train_memory_case(label: str, size: int, batch: int, grad_checkpointing: bool, rounds: int,
-                      device: torch.device) -> Dict:
-    """Peak memory added by one training step (forward, cross-entropy, backward, AdamW) after a warm-up step, and
-    the median time of ``rounds`` steps, of one model in this process."""
-    malloc_returns_large_blocks()
+def _training_model(label: str, size: int, batch: int, grad_checkpointing: bool, device: torch.device):
     name, kwargs = SWEEP_MODELS[label]
     torch.manual_seed(0)
     model = sized_model(name, kwargs, size).to(device).train()
     model.set_grad_checkpointing(grad_checkpointing)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    step = training_step(model, x, y, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    return training_step(model, x, y, torch.optim.AdamW(model.parameters(), lr=1e-4))
+
+
+def train_memory_case(label: str, size: int, batch: int, grad_checkpointing: bool, device: torch.device) -> Dict:
+    """Peak memory added by one training step (forward, cross-entropy, backward, AdamW) after a warm-up step, of
+    one model in this process."""
+    malloc_returns_large_blocks()
+    step = _training_model(label, size, batch, grad_checkpointing, device)
     step()  # optimizer state, DCT matrices, allocator pools
-    peak = peak_memory(step, device)
-    secs = interleaved({label: step}, rounds, 0, device)[label]
     return dict(model=label, size=size, batch=batch, grad_checkpointing=grad_checkpointing,
-                peak_memory_mib=peak / 2 ** 20, seconds_per_step=secs)
+                peak_memory_mib=peak_memory(step, device) / 2 ** 20)
+
+
+def train_time_case(size: int, batch: int, rounds: int, device: torch.device) -> Dict:
+    """Median seconds per training step of every model, plain and checkpointed, interleaved in this process (the
+    allocator as it is: glibc's mmap threshold is left alone here, unlike for the memory)."""
+    tasks = {f'{label}|{int(checkpointed)}': _training_model(label, size, batch, checkpointed, device)
+             for checkpointed in (False, True) for label in TRAIN_MEMORY_MODELS}
+    return interleaved(tasks, rounds, 1, device)
+
+
+def _in_own_process(arguments: List[str], args) -> Dict:
+    """The JSON line a worker of this script prints last, run in a process of its own."""
+    return last_json_line([sys.executable, os.path.abspath(__file__), '--device', args.device, '--rounds',
+                           str(args.rounds), *arguments] + (['--threads', str(args.threads)] if args.threads else []))
 
 
 def train_memory(args, device: torch.device) -> Dict:
-    """Every model x size x gradient checkpointing, each in a process of its own (nothing another model allocated
-    stays resident); JSON, plot and the table printed."""
+    """Every model x size x gradient checkpointing: the peak memory of a step with each model in a process of its
+    own (nothing another model allocated stays resident), the time of a step with the models of a size interleaved
+    in one process; JSON, plot and the table printed."""
     rows = []
     for size, batch in TRAIN_MEMORY_CASES:
+        seconds = _in_own_process(['--train-time-case', str(size), str(batch)], args)
         for grad_checkpointing in (False, True):
             for label in TRAIN_MEMORY_MODELS:
-                command = [sys.executable, os.path.abspath(__file__), '--device', str(device), '--train-memory-case',
-                           label, str(size), str(batch), str(int(grad_checkpointing)), '--rounds', str(args.rounds)]
-                if args.threads:
-                    command += ['--threads', str(args.threads)]
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    raise RuntimeError(f'{label} at {size}: {done.stderr.strip().splitlines()[-1:]}')
-                row = json.loads(done.stdout.strip().splitlines()[-1])
+                row = _in_own_process(['--train-memory-case', label, str(size), str(batch),
+                                       str(int(grad_checkpointing))], args)
+                row['seconds_per_step'] = seconds[f'{label}|{int(grad_checkpointing)}']
                 rows.append(row)
                 print(f'  {size:>5} b{batch} {"checkpointed" if grad_checkpointing else "plain":<12} {label:<11}'
                       f' {row["peak_memory_mib"]:8.0f} MiB  {row["seconds_per_step"]:7.2f} s/step', flush=True)
     result = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                   timm=timm.__version__, rounds=args.rounds,
                   memory_measure='CUDA max_memory_allocated' if device.type == 'cuda' else
-                  'peak RSS increase during one training step (VmHWM reset via /proc/self/clear_refs)',
+                  'peak RSS increase during one training step (VmHWM reset via /proc/self/clear_refs), each model '
+                  'in its own process',
+                  time_measure=f'median of {args.rounds} steps, the models of a size interleaved in one process',
                   rows=rows, ratios=train_memory_ratios(rows))
     for key, ratio in result['ratios'].items():
         print(f'  {key}: {ratio:.3f}')
@@ -502,6 +516,7 @@ def main(argv=None) -> Dict:
                              'gradient checkpointing, each in its own process (docs/train_memory.json and .png)')
     parser.add_argument('--train-memory-case', nargs=4, metavar=('MODEL', 'SIZE', 'BATCH', 'CHECKPOINTING'),
                         help=argparse.SUPPRESS)
+    parser.add_argument('--train-time-case', nargs=2, metavar=('SIZE', 'BATCH'), help=argparse.SUPPRESS)
     parser.add_argument('--saved-bytes', action='store_true',
                         help='only the bytes autograd saves for backward in one stage-1 block of vHeat-T, Swin-T and '
                              'ConvNeXt-T, per operation')
@@ -537,9 +552,13 @@ def run(args, device: torch.device) -> Dict:
         return volume_sweep(args, device)
     if args.train_memory_case:
         label, size, batch, checkpointed = args.train_memory_case
-        row = train_memory_case(label, int(size), int(batch), bool(int(checkpointed)), args.rounds, device)
+        row = train_memory_case(label, int(size), int(batch), bool(int(checkpointed)), device)
         print(json.dumps(row))
         return row
+    if args.train_time_case:
+        seconds = train_time_case(int(args.train_time_case[0]), int(args.train_time_case[1]), args.rounds, device)
+        print(json.dumps(seconds))
+        return seconds
     if args.train_memory:
         return train_memory(args, device)
     if args.saved_bytes:

@@ -214,16 +214,13 @@ def train_step(path: str, rounds: int) -> Dict[str, object]:
 
 
 def train_steps(configs: List[str], rounds: int, json_path: Optional[str]) -> List[Dict[str, object]]:
-    import json
-    import subprocess
     import sys
+
+    from classification.core.launch import last_json_line
     rows = []
     for path in configs:
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), '--train-step-one', path, '--rounds',
-                               str(rounds)], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f'{path}: {done.stderr.strip().splitlines()[-1:]}')
-        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row = last_json_line([sys.executable, os.path.abspath(__file__), '--train-step-one', path, '--rounds',
+                              str(rounds)])
         rows.append(row)
         print(f'{row["config"]:70s} {row["input"]:>9s} b{row["batch"]} {row["peak_memory_mib"]:8.0f} MiB '
               f'{row["seconds_per_iteration"]:7.2f} s/iteration', flush=True)
