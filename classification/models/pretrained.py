@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .serialization import IncompatibleCheckpointError, find_state_dict, load_checkpoint
 from .vheat import FREQ_EMBED_RESIZE, vHeat
-from .weights import describe_skipped, load_weights
+from .weights import load_weights
 
 __all__ = ['load_pretrained', 'PretrainedReport']
 
@@ -84,8 +84,8 @@ def _take_prefix(state_dict: Dict[str, torch.Tensor], prefix: str, source: str) 
     return taken
 
 
-def _shape(t: torch.Tensor) -> str:
-    return 'x'.join(map(str, t.shape))
+def _shape(shape: torch.Size) -> str:
+    return 'x'.join(map(str, shape))
 
 
 def load_pretrained(module: nn.Module, source: str, prefix: Optional[str] = None, weights: str = 'model',
@@ -122,8 +122,9 @@ def load_pretrained(module: nn.Module, source: str, prefix: Optional[str] = None
     for i, embed in embeds.items():
         key = f'stages.{i}.freq_embed'
         if embed is not None and key in own and embed.shape != own[key].shape:
-            report.resized.append(f'{key} {_shape(embed)}->{_shape(own[key])} ({freq_embed_resize})')
-    report.adapted, report.skipped = loaded.adapted, describe_skipped(loaded)
+            report.resized.append(f'{key} {_shape(embed.shape)}->{_shape(own[key].shape)} ({freq_embed_resize})')
+    report.adapted = loaded.adapted
+    report.skipped = [f'{key} {_shape(shape)}' for key, shape in loaded.skipped.items()]
     report.loaded, report.initialised = len(loaded.loaded), loaded.initialised
     _logger.info('%s', report)
     return report

@@ -73,8 +73,3 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: 
     loaded.loaded = list(converted)
     loaded.initialised = [k for k in own if k not in converted]
     return loaded
-
-
-def describe_skipped(loaded: LoadedWeights) -> List[str]:
-    """'key 10x768' for each skipped key, as the loaders' report lines name them."""
-    return [f'{key} {"x".join(map(str, shape))}' for key, shape in loaded.skipped.items()]

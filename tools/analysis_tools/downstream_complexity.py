@@ -46,10 +46,13 @@ def default_configs() -> List[str]:
     """The 8 configs (not the seed README's aliases of them) and the two Swin-T anchors the libraries ship."""
     ours = sorted(glob.glob(os.path.join(ROOT, 'detection/configs/vheat/mask_rcnn_fpn_coco_*.py')) +
                   glob.glob(os.path.join(ROOT, 'segmentation/configs/vheat/upernet_vheat_*.py')))
+    return ours + [shipped_config(package, path) for package, path in ANCHORS]
+
+
+def shipped_config(package: str, path: str) -> str:
+    """A config that mmdet or mmseg ships in its wheel (``mmdet/.mim/configs/...``)."""
     import importlib
-    anchors = [os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'configs', path)
-               for package, path in ANCHORS]
-    return ours + anchors
+    return os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'configs', path)
 
 
 def build_model(cfg):
@@ -145,11 +148,7 @@ DETECTION_TRAIN_SHAPE, SEGMENTATION_TRAIN_SHAPE = (800, 1333), (512, 512)  # (H,
 
 
 def _config_path(entry) -> str:
-    if isinstance(entry, tuple):
-        import importlib
-        package, path = entry
-        return os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'configs', path)
-    return os.path.join(ROOT, entry)
+    return shipped_config(*entry) if isinstance(entry, tuple) else os.path.join(ROOT, entry)
 
 
 def synthetic_batch(model, generator: torch.Generator) -> dict:
