@@ -38,11 +38,13 @@ def _digits(size: int):
     return (images[order[:cut]], labels[order[:cut]]), (images[order[cut:]], labels[order[cut:]])
 
 
-def _train(model: nn.Module, prepare, steps: int = 200, batch: int = 32):
-    """AdamW on the digits; (mean loss of the first 20 steps, of the last 20, held-out top-1)."""
+def _train(model: nn.Module, prepare, steps: int, batch: int = 32):
+    """AdamW (fused) with a cosine decay of the learning rate on the digits; (mean loss of the first 20 steps, of
+    the last 20, held-out top-1)."""
     (x, y), (x_val, y_val) = _digits(prepare.size)
     torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05, fused=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     losses = []
     model.train()
     for step in range(steps):
@@ -51,6 +53,7 @@ def _train(model: nn.Module, prepare, steps: int = 200, batch: int = 32):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
     model.eval()
     with torch.no_grad():
@@ -97,14 +100,15 @@ def _prepare(size, to_rgb):
 
 @pytest.mark.parametrize('network', ['resnet18', 'rows'])
 def test_the_layer_trains_in_other_networks_on_real_images(network, capsys):
-    """The same network with and without heat conduction, a few hundred steps each on the digits: with the layer
-    the loss falls and the held-out accuracy is that of a working classifier (both figures printed, for the docs),
-    within the run-to-run spread of the network without it. That spread is wide at 200 steps of AdamW at 2e-3: a
-    change of the gradients in their seventh digit (float rounding) moves ResNet-18 with the layer from 96.1% to
-    88.6% here, and other seeds of the same run give 84% to 96%."""
+    """The same network with and without heat conduction, trained alike on the digits: with the layer the loss
+    falls and the held-out accuracy is that of a working classifier, ResNet-18's within the spread of the network
+    without it, and the row model's (whose rows meet only through the layer) clearly above it. Measured with three
+    sampling seeds: ResNet-18 97.2-98.1% with the layer and without; the row model 92.8-94.2% with it, 84.7-85.3%
+    without. The learning rate decays to zero, so the last steps do not decide the result (at a constant rate the
+    accuracy of ResNet-18 ranged over 84-96% with the seed)."""
     build = _resnet18 if network == 'resnet18' else (lambda with_heat: RowModel(with_heat))
     prepare = _prepare(24, True) if network == 'resnet18' else _prepare(16, False)
-    steps = 200 if network == 'resnet18' else 500  # the sequence model is 60 times cheaper a step
+    steps = 120 if network == 'resnet18' else 500  # the sequence model is 60 times cheaper a step
     results = {}
     for with_heat in (False, True):
         torch.manual_seed(0)
@@ -114,8 +118,11 @@ def test_the_layer_trains_in_other_networks_on_real_images(network, capsys):
               f'loss with it {results[True][0]:.3f} -> {results[True][1]:.3f}')
     first, last, accuracy = results[True]
     assert last < 0.5 * first
-    assert accuracy >= 0.85
-    assert accuracy >= results[False][2] - 0.1
+    assert accuracy >= 0.9
+    if network == 'resnet18':
+        assert accuracy >= results[False][2] - 0.02
+    else:
+        assert accuracy >= results[False][2] + 0.04
 
 
 def test_the_layer_traces_scripts_compiles_and_exports(tmp_path):
