@@ -55,6 +55,16 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return out.movedim(1, -1)
 
 
+def _depthwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, with_bias: bool
+                             ) -> List[Optional[torch.Tensor]]:
+    """The gradients of :func:`depthwise_conv` (input, weight, bias) from its output's, by autograd's own kernel."""
+    channels, ones = weight.shape[0], [1] * (weight.ndim - 2)
+    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad.movedim(-1, 1), x.movedim(-1, 1), weight, [channels] if with_bias else None, ones,
+        [k // 2 for k in weight.shape[2:]], ones, False, [0] * len(ones), channels, [True, True, with_bias])
+    return [grad_x.movedim(1, -1), grad_weight, grad_bias]
+
+
 @register_notrace_function
 def gated_heat_conduction(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
                           decay: torch.Tensor,
@@ -181,12 +191,9 @@ class GatedHeatConduction(torch.autograd.Function):
         x_in, conv_weight, conv_bias, decay, spectrum, h, in_weight, in_bias, norm_weight, norm_bias, out_weight = \
             ctx.saved_tensors
         low = grad_out.dtype  # the products' precision in the forward (autocast's, or the model's)
-        # x = DWConv(x_in) and z again (the convolution's backward is autograd's)
-        with torch.enable_grad():
-            conv_inputs = [t.detach().requires_grad_() for t in (x_in, conv_weight, conv_bias) if t is not None]
-            x_grad = depthwise_conv(conv_inputs[0].to(ctx.conv_dtype), conv_inputs[1].to(ctx.conv_dtype),
-                                    conv_inputs[2].to(ctx.conv_dtype) if conv_bias is not None else None)
-        x = x_grad.detach().to(low)
+        # x = DWConv(x_in) and z again
+        conv_in, conv_w = x_in.to(ctx.conv_dtype), conv_weight.to(ctx.conv_dtype)
+        x = depthwise_conv(conv_in, conv_w, conv_bias.to(ctx.conv_dtype) if conv_bias is not None else None).to(low)
         w_u, w_z = in_weight.to(low).chunk(2)
         b_z = in_bias.chunk(2)[1].to(low)
         z = F.linear(x, w_z, b_z)
@@ -215,10 +222,12 @@ class GatedHeatConduction(torch.autograd.Function):
         del grad_product
         # (u, z) = Linear(x), x = DWConv(x_in)
         grad_x = (grad_u.matmul(w_u) + grad_z.matmul(w_z)).to(ctx.conv_dtype)
-        grad_x_in, grad_conv_weight, *grad_conv_bias = torch.autograd.grad(x_grad, conv_inputs, grad_x)
+        grad_x_in, grad_conv_weight, grad_conv_bias = _depthwise_conv_backward(grad_x, conv_in, conv_w,
+                                                                               conv_bias is not None)
         grad_in_weight = torch.cat([_weight_grad(grad_u, x), _weight_grad(grad_z, x)])
         grad_in_bias = torch.cat([_sum_to(grad_u, w_u[:, 0]), _sum_to(grad_z, w_z[:, 0])])
-        return (grad_x_in, grad_conv_weight, grad_conv_bias[0] if grad_conv_bias else None, grad_decay,
+        return (grad_x_in.to(x_in.dtype), grad_conv_weight.to(conv_weight.dtype),
+                grad_conv_bias.to(conv_bias.dtype) if conv_bias is not None else None, grad_decay,
                 grad_in_weight.to(in_weight.dtype),
                 grad_in_bias.to(in_weight.dtype), grad_norm_weight, grad_norm_bias, grad_out_weight, grad_out_bias,
                 None, None)
