@@ -1,6 +1,7 @@
 """The layers of the house hold: import-linter's contracts (pyproject.toml) pass and catch a forbidden import, no
 file puts folders on sys.path, every error of bad input derives from one class that one place catches, and one
-function finds a checkpoint's state dict."""
+function finds a checkpoint's state dict; the library's tests need torch, timm and pytest alone, and the files the
+suite starts first exist."""
 import ast
 import glob
 import os
@@ -156,3 +157,9 @@ def test_the_house_check_of_the_library_tests_finds_another_import(tmp_path):
     path.write_text('import torch\nfrom classification.models import vHeat\nnp = __import__("pytest").importorskip('
                     '"numpy")\n')
     assert _imported_top_levels(str(path)) == {'torch', 'classification', 'numpy'}
+
+
+def test_the_files_started_first_exist():
+    """conftest.LONG_FILES orders the suite for its workers; a renamed file would silently drop out of it."""
+    from conftest import LONG_FILES
+    assert [name for name in LONG_FILES if not os.path.isfile(os.path.join(ROOT, 'tests', name))] == []

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -q -n "${VHEAT_TEST_WORKERS:-2}" --dist loadfile tests "$@"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -q -n "${VHEAT_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder tests "$@"
