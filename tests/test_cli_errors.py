@@ -34,6 +34,8 @@ CASES = [
                                       '--hires-batch-size', '--rounds', '--sweep-batch', '--volume-channels',
                                       '--volume-budget'])),
     *(_numbers('tools/analysis_tools/benchmark.py', ['--warmup', '--threads'], value='-1')),
+    ('tools/analysis_tools/benchmark.py', ['--step-profile', '16', '1'], '--step-profile SIZE must be >= 32, got 16'),
+    ('tools/analysis_tools/benchmark.py', ['--step-profile', '224', '0'], '--step-profile BATCH must be positive'),
     # tools/analysis_tools/compare_real.py
     ('tools/analysis_tools/compare_real.py', ['--data-path', '/nonexistent/fashion-mnist'],
      '/nonexistent/fashion-mnist'),

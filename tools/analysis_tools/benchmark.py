@@ -7,6 +7,7 @@
     python tools/analysis_tools/benchmark.py --volume-sweep      # 3-D: heat conduction vs attention, 16^3..64^3
     python tools/analysis_tools/benchmark.py --train-memory      # one training step: peak memory and time, 224..1024
     python tools/analysis_tools/benchmark.py --saved-bytes       # what autograd keeps of one block, per operation
+    python tools/analysis_tools/benchmark.py --step-profile 1024 1   # where a training step's time goes, by kind
 
 On CPU, inference is timed for vHeat-T as it is and with the CPU streaming engine switched on
 (``enable_cpu_streaming``), which is what a CPU deployment should use; training always runs the reference model.
@@ -26,13 +27,14 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from classification.core.cli import exit_on_errors, require_device, require_positive
 from classification.core.errors import UsageError
 from classification.core.fileio import save_figure, write_json
 from classification.core.launch import last_json_line
 from classification.core.memory import malloc_returns_large_blocks, peak_memory, saved_bytes
-from classification.core.timing import interleaved
+from classification.core.timing import interleaved, timer
 from classification.models import enable_cpu_streaming  # noqa: (the import registers vheat_* with timm)
 from classification.models.dct import dctn
 from classification.models.flops import flop_count
@@ -361,6 +363,108 @@ def saved_bytes_table(args, device: torch.device) -> Dict:
     return result
 
 
+STEP_PROFILE_MODELS = ('vHeat-T', 'Swin-T', 'ConvNeXt-T')
+MATRIX_PRODUCTS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')
+CONVOLUTIONS = ('aten::convolution_backward', 'aten::mkldnn_convolution', 'aten::cudnn_convolution',
+                'aten::_convolution', 'aten::convolution', 'aten::conv2d')
+
+
+def _op_kind(name: str, shapes: List[List[int]], dct_sizes: Sequence[int]) -> str:
+    """The kind of work a profiled operation does, from its name and input shapes. The DCT products of vHeat are
+    the matrix products whose first operand is an N x N matrix (batched or not) with N a side of a stage's map."""
+    if name == 'aten::convolution_backward':
+        return 'depthwise convolutions, backward' if shapes[2][1] == 1 else 'dense convolutions, backward'
+    if name in CONVOLUTIONS:
+        return 'convolutions, forward'
+    if name in MATRIX_PRODUCTS:
+        first = shapes[0] if name in ('aten::mm', 'aten::bmm') else shapes[1]
+        square = len(first) >= 2 and first[-1] == first[-2] and first[-1] in dct_sizes
+        return 'DCT products' if square else 'other matrix products'
+    return 'everything else'
+
+
+def profiled_step(label: str, size: int, batch: int, device: torch.device) -> Dict:
+    """Seconds of one training step (after a warm-up step) and its operations' own time summed by kind."""
+    step = _training_model(label, size, batch, False, device)
+    step()
+    dct_sizes = [size // 2 ** i for i in range(2, 6)] if label.startswith('vHeat') else []
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    start = timer(device)
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        seconds = start(step)
+    kinds: Dict[str, float] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        own = event.self_device_time_total if device.type == 'cuda' else event.self_cpu_time_total
+        kind = _op_kind(event.key, event.input_shapes, dct_sizes)
+        kinds[kind] = kinds.get(kind, 0.0) + own / 1e6
+    return dict(model=label, seconds_profiled=seconds, seconds_by_kind=kinds)
+
+
+class _DenseConvolutions(TorchDispatchMode):
+    """Records the (input shape, weight, stride, padding) of every dense convolution run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default and args[8] == 1:
+            self.calls.append((args[0].shape, args[1], list(args[3]), list(args[4])))
+        return func(*args, **(kwargs or {}))
+
+
+def dense_conv_backward(size: int, batch: int, rounds: int, device: torch.device) -> List[Dict]:
+    """vHeat-T's dense 3x3 convolutions (stem, downsampling) at ``size``: seconds of their backward (input and
+    weight gradients) on channels-last maps, as the model runs them, and on the same maps contiguous."""
+    model = sized_model('vheat_tiny', {}, size).to(device)
+    names = {p.data_ptr(): name for name, p in model.named_parameters()}
+    with torch.no_grad(), _DenseConvolutions() as convolutions:
+        model(torch.randn(batch, 3, size, size, device=device))
+    rows = []
+    for shape, weight, stride, padding in convolutions.calls:
+        tasks = {}
+        for layout in (torch.channels_last, torch.contiguous_format):
+            x = torch.randn(shape, device=device).contiguous(memory_format=layout)
+            with torch.no_grad():
+                grad = F.conv2d(x, weight, None, stride, padding).contiguous(memory_format=layout)
+            tasks[str(layout)] = (lambda x=x, grad=grad: torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1, [True, True, False]))
+        seconds = interleaved(tasks, rounds, 1, device)
+        rows.append(dict(weight=names[weight.data_ptr()], input_shape=list(shape),
+                         channels_last_s=seconds[str(torch.channels_last)],
+                         contiguous_s=seconds[str(torch.contiguous_format)]))
+    return rows
+
+
+def step_profile(args, device: torch.device) -> Dict:
+    """Where a training step's time goes (vHeat-T, Swin-T, ConvNeXt-T, each op's own time summed by kind), and what
+    the layout of vHeat-T's dense convolutions costs their backward."""
+    size, batch = args.step_profile
+    result = dict(size=size, batch=batch, device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                  steps=[profiled_step(label, size, batch, device) for label in STEP_PROFILE_MODELS],
+                  dense_conv_backward=dense_conv_backward(size, batch, args.rounds, device))
+    kinds = sorted({kind for row in result['steps'] for kind in row['seconds_by_kind']})
+    print(f'\nOne training step at {size}x{size}, batch {batch}: seconds (profiled), own time of its operations by '
+          'kind')
+    print(f'  {"":<34}' + ''.join(f'{row["model"]:>12}' for row in result['steps']))
+    print(f'  {"step":<34}' + ''.join(f'{row["seconds_profiled"]:12.2f}' for row in result['steps']))
+    for kind in kinds:
+        print(f'  {kind:<34}' + ''.join(f'{row["seconds_by_kind"].get(kind, 0.0):12.2f}' for row in result['steps']))
+    print(f'\nvHeat-T\'s dense convolutions, backward (input and weight gradients), median of {args.rounds}: '
+          'channels-last maps (as the model runs) / contiguous maps')
+    for row in result['dense_conv_backward']:
+        print(f'  {row["weight"]:<32} {str(row["input_shape"]):<22} {row["channels_last_s"] * 1e3:8.1f} ms '
+              f'{row["contiguous_s"] * 1e3:8.1f} ms  {row["channels_last_s"] / row["contiguous_s"]:5.2f}x')
+    total_cl = sum(row['channels_last_s'] for row in result['dense_conv_backward'])
+    total_contiguous = sum(row['contiguous_s'] for row in result['dense_conv_backward'])
+    print(f'  {"all":<55} {total_cl * 1e3:8.1f} ms {total_contiguous * 1e3:8.1f} ms  '
+          f'{total_cl / total_contiguous:5.2f}x')
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
 VOLUME_SIDES = (16, 24, 32, 40, 48, 64)
 
 
@@ -521,6 +625,9 @@ def main(argv=None) -> Dict:
                         help='only the bytes autograd saves for backward in one stage-1 block of vHeat-T, Swin-T and '
                              'ConvNeXt-T, per operation')
     parser.add_argument('--saved-bytes-size', type=int, default=1024)
+    parser.add_argument('--step-profile', nargs=2, type=int, metavar=('SIZE', 'BATCH'),
+                        help='only where the time of one training step goes (vHeat-T, Swin-T, ConvNeXt-T), and the '
+                             'backward of vHeat-T\'s dense convolutions on channels-last and on contiguous maps')
     parser.add_argument('--quick', action='store_true',
                         help='shorter --sweep: 1 timed round, Swin-T and ConvNeXt-T only at 224, 512 and 1024')
     args = parser.parse_args(argv)
@@ -531,6 +638,9 @@ def main(argv=None) -> Dict:
         for flag in ('img_size', 'hires_size'):
             require_positive(getattr(args, flag), '--' + flag.replace('_', '-'), minimum=32)
         require_positive(args.warmup, '--warmup', minimum=0)
+        if args.step_profile:
+            require_positive(args.step_profile[0], '--step-profile SIZE', minimum=32)
+            require_positive(args.step_profile[1], '--step-profile BATCH')
         require_positive(args.threads, '--threads', minimum=0)
         if args.volume_budget <= 0:
             raise UsageError(f'--volume-budget must be positive, got {args.volume_budget}')
@@ -563,6 +673,8 @@ def run(args, device: torch.device) -> Dict:
         return train_memory(args, device)
     if args.saved_bytes:
         return saved_bytes_table(args, device)
+    if args.step_profile:
+        return step_profile(args, device)
     results = {}
     speeds = inference_speed(args, device, args.img_size, args.batch_size)
     results['inference'] = dict(images_per_s=speeds, ratios=report(
