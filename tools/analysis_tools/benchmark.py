@@ -365,8 +365,8 @@ def saved_bytes_table(args, device: torch.device) -> Dict:
 
 STEP_PROFILE_MODELS = ('vHeat-T', 'Swin-T', 'ConvNeXt-T')
 MATRIX_PRODUCTS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')
-CONVOLUTIONS = ('aten::convolution_backward', 'aten::mkldnn_convolution', 'aten::cudnn_convolution',
-                'aten::_convolution', 'aten::convolution', 'aten::conv2d')
+CONVOLUTIONS = ('aten::mkldnn_convolution', 'aten::cudnn_convolution', 'aten::_convolution', 'aten::convolution',
+                'aten::conv2d')  # forward: the backward is aten::convolution_backward
 
 
 def _op_kind(name: str, shapes: List[List[int]], dct_sizes: Sequence[int]) -> str:
@@ -390,9 +390,9 @@ def profiled_step(label: str, size: int, batch: int, device: torch.device) -> Di
     dct_sizes = [size // 2 ** i for i in range(2, 6)] if label.startswith('vHeat') else []
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-    start = timer(device)
+    run_once = timer(device)
     with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-        seconds = start(step)
+        seconds = run_once(step)
     kinds: Dict[str, float] = {}
     for event in prof.key_averages(group_by_input_shape=True):
         own = event.self_device_time_total if device.type == 'cuda' else event.self_cpu_time_total
@@ -402,7 +402,7 @@ def profiled_step(label: str, size: int, batch: int, device: torch.device) -> Di
 
 
 class _DenseConvolutions(TorchDispatchMode):
-    """Records the (input shape, weight, stride, padding) of every dense convolution run under it."""
+    """Records the (input shape, weight, stride, padding, dilation) of every dense convolution run under it."""
 
     def __init__(self):
         super().__init__()
@@ -410,7 +410,7 @@ class _DenseConvolutions(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution.default and args[8] == 1:
-            self.calls.append((args[0].shape, args[1], list(args[3]), list(args[4])))
+            self.calls.append((args[0].shape, args[1], list(args[3]), list(args[4]), list(args[5])))
         return func(*args, **(kwargs or {}))
 
 
@@ -422,14 +422,14 @@ def dense_conv_backward(size: int, batch: int, rounds: int, device: torch.device
     with torch.no_grad(), _DenseConvolutions() as convolutions:
         model(torch.randn(batch, 3, size, size, device=device))
     rows = []
-    for shape, weight, stride, padding in convolutions.calls:
+    for shape, weight, stride, padding, dilation in convolutions.calls:
         tasks = {}
         for layout in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(shape, device=device).contiguous(memory_format=layout)
             with torch.no_grad():
-                grad = F.conv2d(x, weight, None, stride, padding).contiguous(memory_format=layout)
+                grad = F.conv2d(x, weight, None, stride, padding, dilation).contiguous(memory_format=layout)
             tasks[str(layout)] = (lambda x=x, grad=grad: torch.ops.aten.convolution_backward(
-                grad, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1, [True, True, False]))
+                grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1, [True, True, False]))
         seconds = interleaved(tasks, rounds, 1, device)
         rows.append(dict(weight=names[weight.data_ptr()], input_shape=list(shape),
                          channels_last_s=seconds[str(torch.channels_last)],
