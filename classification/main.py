@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from classification.config import get_config, scale_learning_rates, total_batch
-from classification.core.cli import exit_on_errors
+from classification.core.cli import exit_on_errors, freeze_startup_objects
 from classification.core.launch import describe_launch, init_distributed
 from classification.data.build import check_data_path
 from classification.engine.logger import create_logger
@@ -104,6 +104,7 @@ def run(args) -> None:
     trainer = Trainer(config, rank, world_size, device, logger)
     trainer.start()
     trainer.prepare()
+    freeze_startup_objects()
     if config.THROUGHPUT_MODE:
         trainer.throughput()
     elif config.EVAL_MODE:

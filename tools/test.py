@@ -8,7 +8,7 @@ alike, strictly.
 import argparse
 import os
 
-from classification.core.cli import exit_on_errors, require_file
+from classification.core.cli import exit_on_errors, freeze_startup_objects, require_file
 from classification.core.errors import UsageError
 from classification.mm.runner import StrictRunner, add_common_args, load_config
 
@@ -73,6 +73,7 @@ def main(argv=None):
         runner = StrictRunner.from_cfg(cfg)
         if args.out:
             runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))
+        freeze_startup_objects()
         runner.test()
     with exit_on_errors():
         test()

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from classification.core.cli import exit_on_errors, require_file
+from classification.core.cli import exit_on_errors, freeze_startup_objects, require_file
 from classification.core.errors import UsageError
 from classification.mm.runner import StrictRunner, add_common_args, load_config
 
@@ -55,7 +55,9 @@ def main(argv=None):
     def train():
         cfg = load_config(args)
         apply_args(cfg, args)
-        StrictRunner.from_cfg(cfg).train()
+        runner = StrictRunner.from_cfg(cfg)
+        freeze_startup_objects()
+        runner.train()
     with exit_on_errors():
         train()
 
