@@ -156,7 +156,7 @@ def detection_config(tmp_path_factory):
     pytest.importorskip('mmdet')
     shapes = _shapes()
     root = tmp_path_factory.mktemp('slurm_coco')
-    shapes.make_coco(str(root), num_train=4, num_val=3, size=64)
+    shapes.make_coco(str(root), num_train=24, num_val=3, size=64)  # 6 iterations of 2 x 2 images in one epoch
     return shapes.detection_config(str(root / 'config.py'), str(root), max_iters=6, size=64)
 
 
@@ -198,7 +198,7 @@ def slurm_segmentor(cluster, tmp_path_factory):
     pytest.importorskip('mmseg')
     shapes = _shapes()
     root = tmp_path_factory.mktemp('slurm_ade')
-    shapes.make_ade(str(root), num_train=4, num_val=3, size=64)
+    shapes.make_ade(str(root), num_train=8, num_val=3, size=64)
     config = shapes.segmentation_config(str(root / 'config.py'), str(root), max_iters=2, size=64)
     work_dir = root / 'work'
     result = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'slurm_train.sh'), cluster.partition, 'vheat-seg',
