@@ -106,17 +106,25 @@ def _predictions(path):
         return pickle.load(f)  # written by this test run's tools/test.py
 
 
+@pytest.fixture(scope='module')
+def tested_detector(detection_config, trained_detector, tmp_path_factory):
+    """The trained detector tested by 2 processes (tools/dist_test.sh --out) from another folder, with paths
+    relative to it (the scripts keep the caller's working directory); (that folder, the run)."""
+    elsewhere = tmp_path_factory.mktemp('elsewhere')
+    result = _run('dist_test.sh', _relative(detection_config, elsewhere),
+                  _relative(trained_detector / 'iter_2.pth', elsewhere), '2', '--work-dir', 'test2', '--out',
+                  'ours.pkl', cwd=str(elsewhere))
+    return elsewhere, result
+
+
 def test_mask_rcnn_official_and_own_checkpoints_test_alike_with_one_and_two_processes(detection_config,
-                                                                                      trained_detector, tmp_path):
-    """Our checkpoint tested by 2 processes from another folder with relative paths (the scripts keep the caller's
-    working directory), the same weights in the official layout by 1 process: the same COCO bbox and mask mAP
-    (every image counted once) and the same predictions (--out), each test image painted (--show-dir)."""
+                                                                                      trained_detector,
+                                                                                      tested_detector, tmp_path):
+    """Our checkpoint tested by 2 processes from another folder with relative paths, the same weights in the
+    official layout by 1 process: the same COCO bbox and mask mAP (every image counted once) and the same
+    predictions (--out), each test image painted (--show-dir)."""
     official = _official_copy(trained_detector, tmp_path)
-    elsewhere = tmp_path / 'elsewhere'
-    elsewhere.mkdir()
-    ours = _run('dist_test.sh', _relative(detection_config, elsewhere),
-                _relative(trained_detector / 'iter_2.pth', elsewhere), '2', '--work-dir', 'test2', '--out',
-                'ours.pkl', cwd=str(elsewhere))
+    elsewhere, ours = tested_detector
     theirs = _run('dist_test.sh', detection_config, official, '1', '--work-dir', str(tmp_path / 'test1'), '--out',
                   str(tmp_path / 'official.pkl'), '--show-dir', str(tmp_path / 'painted'))
     assert (elsewhere / 'test2').is_dir() and (tmp_path / 'test1').is_dir()
@@ -331,7 +339,7 @@ def _library_tools(package: str, runs) -> str:
 
 
 def test_the_libraries_analysis_tools_run_on_these_configs(detection_config, segmentation_config, trained_detector,
-                                                           trained_segmentor, tmp_path):
+                                                           trained_segmentor, tested_detector, tmp_path):
     """mmdet's get_flops.py, browse_dataset.py, analyze_logs.py plot_curve, confusion_matrix.py and benchmark.py
     (its dataloader task: inference needs CUDA), and mmseg's benchmark.py and analyze_logs.py, on the trained tiny
     models and their logs. (mmseg's get_flops.py --shape fails in mmengine 0.10.7, see docs/downstream.md.)"""
@@ -339,9 +347,7 @@ def test_the_libraries_analysis_tools_run_on_these_configs(detection_config, seg
     analysis = tmp_path / 'analysis.py'  # get_flops.py reads the val loader, which the tiny config leaves out
     test_loader = Config.fromfile(detection_config).test_dataloader.to_dict()
     analysis.write_text(f"_base_ = [{detection_config!r}]\nval_dataloader = {dict(test_loader, _delete_=True)!r}\n")
-    predictions = tmp_path / 'predictions.pkl'
-    _run('dist_test.sh', detection_config, str(trained_detector / 'iter_2.pth'), '1', '--work-dir',
-         str(tmp_path / 'test'), '--out', str(predictions))
+    predictions = tested_detector[0] / 'ours.pkl'
     det_log, = glob.glob(str(trained_detector / '*' / 'vis_data' / '2*.json'))
     seg_log, = glob.glob(str(trained_segmentor / '*' / 'vis_data' / '2*.json'))
     printed = _library_tools('mmdet', [

@@ -1,7 +1,7 @@
 """Every trainer under a real one-node SLURM cluster (tests/slurm_cluster.py): srun and tools/slurm_train.sh form
 one process group, as torchrun does; an sbatch --requeue job stopped by SIGUSR1 requeues itself and resumes at
 its step; a downstream job requeued by scontrol continues from its last checkpoint; tools/slurm_test.sh reports
-what tools/dist_test.sh reports."""
+what tools/dist_test.sh reports with one process."""
 import os
 import pickle
 import re
@@ -214,6 +214,8 @@ def _metrics(log: str, *names: str):
 
 @pytest.mark.parametrize('task', ['det', 'seg'])
 def test_slurm_test_sh_reports_the_metrics_of_dist_test_sh(task, cluster, request, tmp_path):
+    """tools/slurm_test.sh's two tasks against tools/dist_test.sh's one process: the same metrics, and the same
+    predictions of every test image, each once."""
     if task == 'det':
         config = request.getfixturevalue('detection_config')
         checkpoint = str(request.getfixturevalue('requeued_detector')[0] / 'iter_6.pth')
@@ -226,7 +228,7 @@ def test_slurm_test_sh_reports_the_metrics_of_dist_test_sh(task, cluster, reques
                             str(tmp_path / 'slurm.pkl')], env=job_env(cluster), cwd=ROOT, capture_output=True,
                            text=True, timeout=400)
     assert slurm.returncode == 0, slurm.stdout[-2000:] + slurm.stderr[-3000:]
-    local = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
+    local = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '1',
                             '--work-dir', str(tmp_path / 'dist'), '--out', str(tmp_path / 'dist.pkl')],
                            env=dict(env(), PYTHON=sys.executable, PORT=str(free_port())), cwd=ROOT,
                            capture_output=True, text=True, timeout=400)
