@@ -1,12 +1,8 @@
 """The 3-D demos' generated data, and each demo task end to end on a few samples."""
-import os
-import sys
-
 import pytest
 import torch
 
 from classification.data.volumes import DIRECTIONS, SHAPES, moving_digits, shape_volumes
-from conftest import ROOT
 from tools.misc import demo3d
 
 
